@@ -5,3 +5,5 @@ from ._sampling import SampleStream
 from ._scaling import scale_factor
 from ._schedules import learning_rates
 from ._task import Task, make_task
+from ._result import SimulationResult
+from ._simulate import simulate

@@ -1,0 +1,160 @@
+"""The result of one simulation and its ``.npz`` archive (schema in README)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ._config import SimConfig
+from ._task import Task
+
+__all__ = ["SimulationResult", "ARCHIVE_VERSION"]
+
+#: Version of the archive schema; bumped when keys change meaning.
+ARCHIVE_VERSION = 1
+
+# A fixed timestamp for every archive member, so the same arrays give the same bytes.
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+
+
+def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write an uncompressed ``.npz`` whose bytes depend only on ``arrays`` (sorted keys,
+    fixed timestamps), atomically (temporary file in the same folder, then rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+        for key in sorted(arrays):
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asarray(arrays[key]), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_DATE)
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, buf.getvalue())
+    os.replace(tmp, path)
+
+
+@dataclass
+class SimulationResult:
+    """One run: its configuration, task, trajectory records and final state.
+
+    Attributes:
+        config: every setting of the run.
+        task: the regression task (THEORY §1).
+        scale: the scaling factor s used (THEORY §2).
+        A0: (r, d) initial A (B₀ = 0).
+        A, B: final factors (at the diverged step if the run diverged); for full
+            fine-tuning A is (0, d), B is (m, 0) and ``Delta`` holds the final Δ.
+        step: steps t at which the per-step terms were recorded.
+        loss_step: steps t at which the excess loss was recorded (the last is ``steps``).
+        records: ``loss`` over ``loss_step``; every name of ``RECORD_NAMES`` over ``step``.
+            Entries at and after divergence are NaN.
+        diverged: whether the run diverged; diverged_step: the step t at which the loss
+            was first non-finite or above ``divergence_bound`` (−1 if never);
+            diverged_loss: that loss (NaN if never).
+        sharpness: ``step``, ``lambda_max`` (λ_max of the Hessian, THEORY §4) and
+            ``precond_lambda_max`` (λ_max(P⁻¹H), Adam/AdamW only, else NaN) at
+            ``config.sharpness_steps``.
+        Delta: final Δ of full fine-tuning, else ``None``.
+    """
+
+    config: SimConfig
+    task: Task
+    scale: float
+    A0: np.ndarray
+    A: np.ndarray
+    B: np.ndarray
+    step: np.ndarray
+    loss_step: np.ndarray
+    records: dict[str, np.ndarray]
+    diverged: bool = False
+    diverged_step: int = -1
+    diverged_loss: float = float("nan")
+    sharpness: dict[str, np.ndarray] = field(default_factory=dict)
+    Delta: np.ndarray | None = None
+
+    # ----------------------------------------------------------------- summaries
+    @property
+    def loss(self) -> np.ndarray:
+        """Excess loss at ``loss_step``."""
+        return self.records["loss"]
+
+    @property
+    def final_loss(self) -> float:
+        """Excess loss after the last step (``inf`` if the run diverged)."""
+        return float("inf") if self.diverged else float(self.records["loss"][-1])
+
+    def summary(self) -> dict:
+        """Final loss, mean drift ratio, divergence, and the main settings."""
+        ratio = self.records["drift_ratio"]
+        finite = ratio[np.isfinite(ratio)]
+        c = self.config
+        return {
+            "model": c.model,
+            "rule": c.rule,
+            "rank": c.rank,
+            "alpha": c.alpha,
+            "scale": self.scale,
+            "optimizer": c.optimizer,
+            "lr": c.lr,
+            "steps": c.steps,
+            "initial_loss": float(self.records["loss"][0]),
+            "final_loss": self.final_loss,
+            "mean_drift_ratio": float(finite.mean()) if finite.size else float("nan"),
+            "diverged": self.diverged,
+            "diverged_step": self.diverged_step,
+        }
+
+    # ----------------------------------------------------------------- archive
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Every archive key (README "Archive schema") as an array."""
+        out: dict[str, np.ndarray] = {
+            "version": np.array(ARCHIVE_VERSION),
+            "config": np.array(self.config.to_json()),
+            "lam": self.task.lam,
+            "U": self.task.U,
+            "sigma_star": self.task.sigma_star,
+            "V": self.task.V,
+            "A0": self.A0,
+            "A": self.A,
+            "B": self.B,
+            "scale": np.array(self.scale),
+            "step": self.step,
+            "loss_step": self.loss_step,
+            "diverged": np.array(self.diverged),
+            "diverged_step": np.array(self.diverged_step),
+            "diverged_loss": np.array(self.diverged_loss),
+        }
+        out.update(self.records)
+        for key, value in self.sharpness.items():
+            out[f"sharpness_{key}"] = value
+        if self.Delta is not None:
+            out["Delta"] = self.Delta
+        return out
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the ``.npz`` archive; the same result always gives the same bytes."""
+        path = Path(path)
+        _write_npz(path, self.to_arrays())
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "SimulationResult":
+        """Read an archive written by :meth:`save`."""
+        from ._kernels import RECORD_NAMES
+
+        with np.load(path, allow_pickle=False) as z:
+            a = {k: z[k] for k in z.files}
+        config = SimConfig.from_dict(json.loads(str(a["config"])))
+        task = Task(lam=a["lam"], U=a["U"], sigma_star=a["sigma_star"], V=a["V"],
+                    noise=float(config.noise))
+        records = {name: a[name] for name in ("loss", *RECORD_NAMES)}
+        sharp = {k[len("sharpness_"):]: v for k, v in a.items() if k.startswith("sharpness_")}
+        return cls(config=config, task=task, scale=float(a["scale"]), A0=a["A0"], A=a["A"],
+                   B=a["B"], step=a["step"], loss_step=a["loss_step"], records=records,
+                   diverged=bool(a["diverged"]), diverged_step=int(a["diverged_step"]),
+                   diverged_loss=float(a["diverged_loss"]), sharpness=sharp,
+                   Delta=a.get("Delta"))
