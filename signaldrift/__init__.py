@@ -7,3 +7,4 @@ from ._schedules import learning_rates
 from ._task import Task, make_task
 from ._result import SimulationResult
 from ._simulate import simulate
+from ._reference import simulate_reference
