@@ -9,6 +9,7 @@ not change the samples) and around the steps where the Hessian's sharpness is me
 from __future__ import annotations
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ._config import SimConfig
 from ._init import init_adapter
@@ -78,6 +79,10 @@ def _segments(config: SimConfig) -> list[tuple[int, int]]:
 def simulate(config: SimConfig) -> SimulationResult:
     """Run one simulation with the factorised Numba kernels.
 
+    BLAS runs single-threaded during the run: the kernels multiply r×r, k×r and thin
+    matrices, where BLAS threads cost more than they give (10× slower on a loaded 2-core
+    machine); parallelism comes from running configurations side by side (sweeps).
+
     The task (THEORY §1), the student and its scaling rule (§2), the optimiser with
     torch.optim's semantics, and per-step records of the Signal-Drift decomposition (§3):
     ‖S_t‖, ‖D_t‖, ρ_t, π_t, κ_t and more (see :class:`SimulationResult`). A run whose loss
@@ -96,6 +101,11 @@ def simulate(config: SimConfig) -> SimulationResult:
         >>> res.final_loss < res.loss[0]
         True
     """
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _simulate(config)
+
+
+def _simulate(config: SimConfig) -> SimulationResult:
     task = make_task(config)
     s = scale_factor(config)
     A0, B0 = init_adapter(config)

@@ -1,0 +1,206 @@
+"""Settings validation, the `simulate` CLI, the archive schema and determinism."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import signaldrift as sd
+from signaldrift._cli import main
+
+SMALL = ["--d", "16", "--m", "12", "--task-rank", "3", "--rank", "2", "--steps", "20"]
+
+INVALID = [
+    ({"rank": 0}, "rank"),
+    ({"rank": 300}, "rank"),  # r > min(m, d) = 256
+    ({"task_rank": 257}, "task_rank"),
+    ({"lr": 0.0}, "lr"),
+    ({"lr": -1e-3}, "lr"),
+    ({"lr": float("nan")}, "lr"),
+    ({"lr": float("inf")}, "lr"),
+    ({"rule": "lora2"}, "rule"),
+    ({"optimizer": "rmsprop"}, "optimizer"),
+    ({"noise": -0.1}, "noise"),
+    ({"batch": -1}, "batch"),
+    ({"steps": 0}, "steps"),
+    ({"d": 0}, "d"),
+    ({"alpha": 0.0}, "alpha"),
+    ({"coef": -2.0}, "coef"),
+    ({"rule": "fixed"}, "scale"),  # fixed needs scale
+    ({"scale": -1.0, "rule": "fixed"}, "scale"),
+    ({"momentum": 1.0}, "momentum"),
+    ({"beta2": 1.0}, "beta2"),
+    ({"eps": -1.0}, "eps"),
+    ({"weight_decay": -0.5}, "weight_decay"),
+    ({"schedule": "step"}, "schedule"),
+    ({"warmup": 500}, "warmup"),  # > steps
+    ({"init": "xavier"}, "init"),
+    ({"init_std": 0.0, "init": "gaussian"}, "init_std"),
+    ({"record_every": 0}, "record_every"),
+    ({"seed": -1}, "seed"),
+    ({"spectrum": -1.0}, "spectrum"),
+    ({"align": "top"}, "align"),
+    ({"model": "dora"}, "model"),
+    ({"nesterov": True}, "nesterov"),  # needs sgd with momentum
+    ({"sharpness_steps": (0, 500)}, "sharpness_steps"),
+    ({"divergence_bound": 0.0}, "divergence_bound"),
+    ({"rank": 2.5}, "rank"),
+]
+
+
+@pytest.mark.parametrize("settings,name", INVALID)
+def test_invalid_setting_names_itself_in_one_line(settings, name):
+    with pytest.raises(sd.ConfigError) as info:
+        sd.SimConfig(**settings)
+    msg = str(info.value)
+    assert msg.startswith(f"{name}: must be"), msg
+    assert "\n" not in msg
+
+
+def test_unknown_setting_in_a_mapping():
+    with pytest.raises(sd.ConfigError, match=r"^colour: unknown setting"):
+        sd.SimConfig.from_dict({"colour": "red"})
+
+
+def test_config_json_round_trip():
+    cfg = sd.SimConfig(rank=4, alpha=8.0, sharpness_steps=(0, 5), task_seed=3)
+    assert sd.SimConfig.from_dict(json.loads(cfg.to_json())) == cfg
+
+
+@pytest.mark.parametrize("rule,expected", [
+    ("lora", 16.0 / 4),            # α / r
+    ("rslora", 16.0 / 2),          # α / √r
+    ("lora-alpha", 6.0 / 2),       # c / √r with c = 6
+    ("fixed", 0.7),                # given
+])
+def test_scaling_rules(rule, expected):
+    cfg = sd.SimConfig(rank=4, alpha=16.0, coef=6.0, rule=rule,
+                       scale=0.7 if rule == "fixed" else None)
+    assert sd.scale_factor(cfg) == expected
+
+
+def test_peft_initialisation_bounds_and_variance():
+    # PEFT's default lora_A: U(−1/√d, 1/√d), variance 1/(3d) (THEORY §2).
+    cfg = sd.SimConfig(d=400, rank=50, m=64, task_rank=4)
+    A0, B0 = sd.init_adapter(cfg)
+    assert A0.shape == (50, 400) and B0.shape == (64, 50) and not B0.any()
+    assert np.abs(A0).max() <= 1 / np.sqrt(400)
+    # 20 000 samples: the sample variance is within 3% of 1/(3d) (its relative sd is 0.9%).
+    assert A0.var() == pytest.approx(1 / (3 * 400), rel=0.03)
+    g, _ = sd.init_adapter(cfg.replace(init="gaussian", init_std=0.2))
+    assert g.std() == pytest.approx(0.2, rel=0.03)
+
+
+def test_schedules():
+    base = sd.SimConfig(lr=1.0, steps=10, warmup=2)
+    np.testing.assert_allclose(sd.learning_rates(base), [0.5, 1, 1, 1, 1, 1, 1, 1, 1, 1])
+    # linear: (T − t)/(T − w) after warm-up.
+    lin = sd.learning_rates(base.replace(schedule="linear"))
+    np.testing.assert_allclose(lin[2:], (10 - np.arange(2, 10)) / 8)
+    cos = sd.learning_rates(base.replace(schedule="cosine"))
+    np.testing.assert_allclose(cos[2:], 0.5 * (1 + np.cos(np.pi * np.arange(8) / 8)))
+
+
+# --------------------------------------------------------------------------- determinism
+def test_same_settings_give_bit_identical_archives(tmp_path):
+    cfg = sd.SimConfig(d=16, m=12, task_rank=3, rank=2, steps=30, batch=4, noise=0.2)
+    a = sd.simulate(cfg).save(tmp_path / "a.npz")
+    b = sd.simulate(cfg).save(tmp_path / "b.npz")
+    assert a.read_bytes() == b.read_bytes()
+    c = sd.simulate(cfg.replace(seed=1)).save(tmp_path / "c.npz")
+    assert a.read_bytes() != c.read_bytes()
+    assert not np.array_equal(np.load(a)["A0"], np.load(c)["A0"])
+
+
+def test_archive_round_trip(tmp_path):
+    cfg = sd.SimConfig(d=16, m=12, task_rank=3, rank=2, steps=12, optimizer="sgd", lr=0.05)
+    res = sd.simulate(cfg)
+    back = sd.SimulationResult.load(res.save(tmp_path / "r.npz"))
+    assert back.config == cfg and back.scale == res.scale
+    for name, arr in res.records.items():
+        np.testing.assert_array_equal(back.records[name], arr)
+    np.testing.assert_array_equal(back.A, res.A)
+
+
+# --------------------------------------------------------------------------- CLI
+def test_cli_writes_the_documented_archive(tmp_path, capsys):
+    out = tmp_path / "run.npz"
+    assert main(["simulate", *SMALL, "--alpha", "8", "--optimizer", "sgd", "--lr", "0.05",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "final loss" in text and "mean drift ratio" in text
+    z = np.load(out)
+    steps = 20
+    assert z["lam"].shape == (16,) and z["U"].shape == (12, 3) and z["V"].shape == (16, 3)
+    assert z["sigma_star"].shape == (3,) and z["A0"].shape == (2, 16)
+    assert float(z["scale"]) == 8 / 2  # lora: α / r
+    assert z["loss"].shape == (steps + 1,)
+    for key in ("signal_norm", "drift_norm", "drift_ratio", "progress", "curvature"):
+        assert z[key].shape == (steps,), key
+    config = json.loads(str(z["config"]))
+    for key in ("alpha", "rank", "lr", "rule", "optimizer"):
+        assert key in config
+    assert config["alpha"] == 8.0 and config["optimizer"] == "sgd"
+
+
+def test_cli_config_file_and_flag_override(tmp_path, capsys):
+    toml = tmp_path / "run.toml"
+    toml.write_text('d = 16\nm = 12\ntask-rank = 3\nrank = 2\nsteps = 10\nlr = 0.01\n'
+                    'optimizer = "sgd"\n')
+    assert main(["simulate", "--config", str(toml), "--json"]) == 0
+    from_file = json.loads(capsys.readouterr().out)
+    assert main(["simulate", *SMALL[:8], "--steps", "10", "--lr", "0.01", "--optimizer", "sgd",
+                 "--json"]) == 0
+    from_flags = json.loads(capsys.readouterr().out)
+    assert from_file == from_flags
+    assert main(["simulate", "--config", str(toml), "--steps", "5", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 5
+
+
+@pytest.mark.parametrize("argv,name", [
+    (["--rank", "0"], "rank"),
+    (["--lr", "-1"], "lr"),
+    (["--lr", "nan"], "lr"),
+    (["--rule", "bogus"], "--rule"),
+    (["--optimizer", "lion"], "--optimizer"),
+    (["--steps", "0"], "steps"),
+    (["--noise", "-1"], "noise"),
+    (["--batch", "-2"], "batch"),
+    (["--rank", "x"], "--rank"),
+    (["--task-rank", "99"], "task_rank"),
+    (["--out", "nofolder/x.npz"], "out"),
+    (["--out", "x.txt"], "out"),
+    (["--config", "missing.toml"], "config"),
+])
+def test_cli_bad_input_exits_2_one_line_nothing_written(tmp_path, monkeypatch, argv, name):
+    monkeypatch.chdir(tmp_path)
+    args = ["simulate", *SMALL, *argv]
+    if "--out" not in argv:
+        args += ["--out", "result.npz"]
+    proc = subprocess.run([sys.executable, "-m", "signaldrift._cli", *args],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    err = proc.stderr.strip()
+    assert err.startswith("signaldrift: error:") and name in err, err
+    assert "\n" not in err and "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_bad_toml_key(tmp_path):
+    toml = tmp_path / "bad.toml"
+    toml.write_text("rnak = 3\n")
+    proc = subprocess.run([sys.executable, "-m", "signaldrift._cli", "simulate", "--config",
+                           str(toml)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "rnak: unknown setting" in proc.stderr
+
+
+def test_package_imports_without_torch():
+    # torch is an optional extra: importing signaldrift must not import it.
+    code = "import sys, signaldrift; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "False"
