@@ -259,3 +259,35 @@ def test_adapter_subspace_overlap_is_a_cosine_squared_mean():
     assert 0.0 < run.records["subspace_overlap"][0] < 1.0
     assert run.records["subspace_overlap"][0] == pytest.approx(
         ref.records["subspace_overlap"][0], rel=1e-10)
+
+
+# --------------------------------------------------------------------------- sharpness
+@pytest.mark.parametrize("opt", [OPTIMIZERS[0], OPTIMIZERS[2]])
+@pytest.mark.parametrize("batch", BATCHES)
+def test_measuring_sharpness_does_not_change_the_run(opt, batch):
+    # The driver splits the run into segments around sharpness steps; the arithmetic (and
+    # the sample stream) must not notice.
+    cfg = _config(SHAPES[0], opt, RULES[0], batch, steps=40)
+    plain = sd.simulate(cfg)
+    measured = sd.simulate(cfg.replace(sharpness_steps=(0, 13, 39)))
+    for name in ("loss", *RECORD_NAMES):
+        np.testing.assert_array_equal(measured.records[name], plain.records[name])
+    np.testing.assert_array_equal(measured.A, plain.A)
+    assert np.all(np.isfinite(measured.sharpness["lambda_max"]))
+    precond = measured.sharpness["precond_lambda_max"]
+    assert np.all(np.isnan(precond)) if opt["optimizer"] == "sgd" else np.all(precond > 0)
+
+
+def test_recorded_sharpness_at_init_is_the_closed_form():
+    # THEORY §4 at B = 0: λ_max(H) = (s²μ + √(s⁴μ² + 4s²g²))/2, μ = λ_max(AΣAᵀ),
+    # g = σ_max(Δ⋆Σ) (derivations/hessian.py), computed here densely from the task.
+    cfg = sd.SimConfig(d=40, m=30, task_rank=3, rank=3, spectrum=1.0, steps=2,
+                       optimizer="sgd", lr=1e-3, sharpness_steps=(0,))
+    run = sd.simulate(cfg)
+    s, A0, task = run.scale, run.A0, run.task
+    mu = np.linalg.eigvalsh((A0 * task.lam) @ A0.T).max()
+    g = np.linalg.norm(task.delta_star() * task.lam, 2)
+    expected = (s**2 * mu + np.sqrt(s**4 * mu**2 + 4 * s**2 * g**2)) / 2
+    assert run.sharpness["lambda_max"][0] == pytest.approx(expected, rel=1e-8)
+    full = sd.simulate(cfg.replace(model="full"))
+    assert full.sharpness["lambda_max"][0] == task.lam.max()  # H = Σ ⊗ I for full FT
