@@ -1,0 +1,644 @@
+"""Sweeps: run many configurations, cache each one on disk, gather them in an xarray Dataset.
+
+Engine (:func:`run_configs`): each configuration runs through ``signaldrift.simulate``
+(looked up at call time), serially or in a fork-context process pool; results come back in
+input order and are identical whatever the number of workers. With ``cache_dir`` every
+finished run is written at once (atomically: temporary file in the same folder, then
+``os.replace``) as ``<sha256(CACHE_VERSION + config.to_json())>.npz``, so an interrupted
+sweep resumes where it stopped. Diverged runs are kept (``diverged``), and a run that raises
+an unexpected exception is recorded as a :class:`FailedRun` (never cached, so it is retried
+next time) without losing the others.
+
+Dataset layout (:func:`run_sweep`), for a grid ``{name: values}``:
+
+- dims: one per swept setting, in grid order (coordinate = the values), then ``step``,
+  ``loss_step`` and, if any run measured sharpness, ``sharpness_step``. In list mode (grid
+  given as a list of override dicts) a single ``config`` dim (0..N−1) with one
+  non-dimension coordinate per overridden setting, over ``config``.
+- data variables: every record of ``SimulationResult.records`` (``loss`` over
+  ``loss_step``, the others over ``step``); per configuration ``final_loss``, ``diverged``
+  (int8), ``diverged_step`` (int, −1 if not), ``failed`` (int8), ``scale`` (the scaling
+  factor s; named ``scale_factor`` if ``scale`` is itself swept); with sharpness,
+  ``lambda_max`` and ``precond_lambda_max`` over ``sharpness_step``. When configurations
+  record at different steps (e.g. ``steps`` is swept) the step axes are the union and
+  absent values are NaN.
+- attrs: ``base_config`` (JSON of the base SimConfig), ``grid`` (JSON of the grid, or of
+  the list of overrides), ``grid_mode`` (``"grid"`` or ``"list"``), ``swept`` (JSON list
+  of the swept names), ``errors`` (JSON list of failed runs: index, config and message),
+  ``cache_version``. Every configuration can be rebuilt from ``base_config`` and the
+  coordinates (:func:`config_at`).
+
+Coordinates that mix types (e.g. ``task_seed`` with ``None``) or hold lists are stored as
+JSON strings with the attribute ``encoding="json"``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import sys
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from ._config import ConfigError, SimConfig
+
+__all__ = [
+    "CACHE_VERSION",
+    "FailedRun",
+    "config_key",
+    "expand_grid",
+    "run_configs",
+    "run_sweep",
+    "config_at",
+    "save_dataset",
+    "load_dataset",
+]
+
+#: Part of every cache key; bump it when the simulator's output for a config changes.
+CACHE_VERSION = "signaldrift-sweep-1"
+
+
+@dataclass
+class FailedRun:
+    """Stand-in for a run whose ``simulate`` raised an unexpected exception.
+
+    Quacks like a diverged ``SimulationResult`` with no records: ``diverged`` is True,
+    ``diverged_step`` −1, ``final_loss`` NaN; ``failed`` is True and ``error`` holds
+    ``"ExceptionType: message"``.
+    """
+
+    config: SimConfig
+    error: str
+    diverged: bool = True
+    diverged_step: int = -1
+    failed: bool = True
+    records: dict = field(default_factory=dict)
+    step: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    loss_step: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    sharpness: dict = field(default_factory=dict)
+    scale: float = float("nan")
+
+    @property
+    def final_loss(self) -> float:
+        return float("nan")
+
+
+def config_key(config: SimConfig) -> str:
+    """The cache key of ``config``: SHA-256 hex of ``CACHE_VERSION + "\\n" + config.to_json()``."""
+    text = CACHE_VERSION + "\n" + config.to_json()
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------------------- grid
+_FIELDS = {f.name: f for f in dataclasses.fields(SimConfig)}
+
+
+def _normalise(name: str, value: Any) -> Any:
+    """Plain Python value for SimConfig field ``name`` (numpy scalars unwrapped; ints in
+    float fields made floats, so that ``alpha=16`` and ``alpha=16.0`` share a cache key)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, (list, tuple)):
+        return tuple(_normalise(name, v) if isinstance(v, np.generic) else v for v in value)
+    ftype = str(_FIELDS[name].type)
+    if (ftype.startswith("float") and isinstance(value, int)
+            and not isinstance(value, bool)):
+        return float(value)
+    return value
+
+
+def _unknown(name: Any, where: str) -> ConfigError:
+    return ConfigError(f"{where}: {name!r} is not a setting; allowed settings are "
+                       + ", ".join(sorted(_FIELDS)))
+
+
+def _build(base: SimConfig, overrides: dict[str, Any]) -> SimConfig:
+    try:
+        return base.replace(**overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"grid point {_json(overrides)}: {exc}") from None
+    except (TypeError, ValueError) as exc:  # e.g. a comparison of a str with an int
+        raise ConfigError(f"grid point {_json(overrides)}: {exc}") from None
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, default=lambda o: o.item() if isinstance(o, np.generic) else list(o))
+
+
+def _parse_grid(grid) -> tuple[str, list[str], list[list[Any]] | list[dict[str, Any]]]:
+    """Validate the grid's shape and names: ``("grid", names, value lists)`` or
+    ``("list", names in order of appearance, override dicts)``."""
+    if isinstance(grid, Mapping):
+        names, values = [], []
+        for name, vals in grid.items():
+            if name not in _FIELDS:
+                raise _unknown(name, "grid")
+            if isinstance(vals, (str, bytes)) or not isinstance(vals, (Sequence, np.ndarray)):
+                raise ConfigError(f"grid: the values of {name!r} must be a non-empty list, "
+                                  f"got {vals!r}; write [{vals!r}] for a single value")
+            vals = [_normalise(name, v) for v in vals]
+            if not vals:
+                raise ConfigError(f"grid: the values of {name!r} must be a non-empty list, got []")
+            seen = []
+            for v in vals:
+                if any(type(v) is type(w) and v == w for w in seen):
+                    raise ConfigError(f"grid: the values of {name!r} repeat {v!r}; "
+                                      "give each value once")
+                seen.append(v)
+            names.append(name)
+            values.append(vals)
+        return "grid", names, values
+    if isinstance(grid, (str, bytes)) or not isinstance(grid, Sequence):
+        raise ConfigError(f"grid: must be a mapping name -> list of values, or a list of "
+                          f"override dicts, got {type(grid).__name__}")
+    if len(grid) == 0:
+        raise ConfigError("grid: the list of configurations is empty; give at least one dict")
+    names, points = [], []
+    for i, ov in enumerate(grid):
+        if not isinstance(ov, Mapping):
+            raise ConfigError(f"grid[{i}]: must be a dict of overrides, got {ov!r}")
+        for name in ov:
+            if name not in _FIELDS:
+                raise _unknown(name, f"grid[{i}]")
+            if name not in names:
+                names.append(name)
+        points.append({k: _normalise(k, v) for k, v in ov.items()})
+    return "list", names, points
+
+
+def expand_grid(base: SimConfig, grid) -> tuple[list[SimConfig], list[dict[str, Any]]]:
+    """Validate ``grid`` and build every configuration, before anything runs.
+
+    **Arguments:**
+    - `base`: the :class:`SimConfig` every point starts from.
+    - `grid`: an ordered mapping setting name -> non-empty list of distinct values
+      (Cartesian product, last name varying fastest), or a list of override dicts.
+
+    **Returns:** ``(configs, overrides)`` in row-major order.
+    Raises :class:`ConfigError` (one line) for an unknown name, an empty or duplicated value
+    list, or a value the SimConfig rejects (the message names the grid point).
+    """
+    if not isinstance(base, SimConfig):
+        raise ConfigError(f"base: must be a SimConfig, got {type(base).__name__}")
+    mode, names, values = _parse_grid(grid)
+    if mode == "list":
+        overrides = list(values)
+    else:
+        overrides = [{}]
+        for name, vals in zip(names, values):
+            overrides = [dict(ov, **{name: v}) for ov in overrides for v in vals]
+    return [_build(base, ov) for ov in overrides], overrides
+
+
+# ---------------------------------------------------------------------------- engine
+@dataclass
+class _Stats:
+    total: int = 0
+    unique: int = 0
+    cached: int = 0
+    ran: int = 0
+    diverged: int = 0
+    failed: int = 0
+
+
+class _Progress:
+    """A one-line text progress bar on stderr (redrawn with ``\\r`` on a terminal, a line
+    every 10% otherwise)."""
+
+    def __init__(self, total: int, *, enabled: bool, stream=None):
+        self.total, self.enabled = total, enabled and total > 0
+        self.stream = stream if stream is not None else sys.stderr
+        self.done = 0
+        self.t0 = time.monotonic()
+        self.last = -1.0
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.decile = -1
+        self.printed = -1
+
+    def update(self, stats: _Stats, *, force: bool = False) -> None:
+        if not self.enabled or (force and self.printed == self.done):
+            return
+        now = time.monotonic()
+        frac = self.done / self.total
+        if self.tty:
+            if not force and now - self.last < 0.1 and self.done < self.total:
+                return
+        else:
+            decile = int(10 * frac)
+            if not force and decile == self.decile:
+                return
+            self.decile = decile
+        self.last = now
+        self.printed = self.done
+        width = 24
+        fill = int(round(width * frac))
+        el = now - self.t0
+        ran_now = max(self.done - stats.cached, 0)
+        eta = ""
+        if 0 < ran_now and self.done < self.total:
+            eta = f", eta {_fmt_time(el / ran_now * (self.total - self.done))}"
+        line = (f"sweep {self.done:>{len(str(self.total))}}/{self.total} "
+                f"[{'#' * fill}{'.' * (width - fill)}] {100 * frac:3.0f}%  "
+                f"cached {stats.cached}, diverged {stats.diverged}, failed {stats.failed}  "
+                f"{_fmt_time(el)}{eta}")
+        if self.tty:
+            self.stream.write("\r" + line + "\x1b[K")
+            if self.done >= self.total:
+                self.stream.write("\n")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def _fmt_time(sec: float) -> str:
+    sec = int(round(sec))
+    return f"{sec // 3600}:{sec // 60 % 60:02d}:{sec % 60:02d}" if sec >= 3600 else \
+        f"{sec // 60}:{sec % 60:02d}"
+
+
+def _cache_path(cache_dir: Path, key: str) -> Path:
+    return cache_dir / f"{key}.npz"
+
+
+def _write_cache(result, path: Path) -> None:
+    """Atomically: the result goes to a temporary file in the same folder, then replaces
+    ``path``, so an interruption never leaves a partial archive under the final name."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    try:
+        result.save(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        warnings.warn(f"sweep cache: could not write {path}: {exc}", RuntimeWarning,
+                      stacklevel=2)
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
+def _read_cache(path: Path, config: SimConfig):
+    """The cached result for ``config``, or None if absent or unreadable (then it reruns)."""
+    if not path.exists():
+        return None
+    from ._result import SimulationResult
+
+    try:
+        res = SimulationResult.load(path)
+    except Exception as exc:  # a corrupt or outdated archive: run the config again
+        warnings.warn(f"sweep cache: ignoring unreadable {path.name}: {exc}", RuntimeWarning,
+                      stacklevel=2)
+        return None
+    if res.config != config:
+        return None
+    return res
+
+
+def _run_one(config: SimConfig, cache_dir: str | None):
+    """Run one config through ``signaldrift.simulate`` (looked up now, so tests can
+    substitute it) and cache it; an exception becomes a :class:`FailedRun`."""
+    import signaldrift
+
+    try:
+        result = signaldrift.simulate(config)
+    except Exception as exc:  # noqa: BLE001 - recorded, the sweep goes on
+        msg = " ".join(f"{type(exc).__name__}: {exc}".split())
+        return FailedRun(config=config, error=msg)
+    if cache_dir is not None:
+        _write_cache(result, _cache_path(Path(cache_dir), config_key(config)))
+    return result
+
+
+def _check_workers(workers: Any) -> int:
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise ConfigError(f"workers: must be an integer >= 1, got {workers!r}")
+    return int(workers)
+
+
+def _run_configs(configs, *, workers=1, cache_dir=None, progress=True):
+    """:func:`run_configs` that also returns the counts (:class:`_Stats`)."""
+    configs = list(configs)
+    for i, c in enumerate(configs):
+        if not isinstance(c, SimConfig):
+            raise ConfigError(f"configs[{i}]: must be a SimConfig, got {type(c).__name__}")
+    workers = _check_workers(workers)
+    keys = [config_key(c) for c in configs]
+    unique: dict[str, SimConfig] = {}
+    for k, c in zip(keys, configs):
+        unique.setdefault(k, c)
+    stats = _Stats(total=len(configs), unique=len(unique))
+    done: dict[str, Any] = {}
+    cdir = None
+    if cache_dir is not None:
+        cdir = Path(cache_dir)
+        cdir.mkdir(parents=True, exist_ok=True)
+        for k, c in unique.items():
+            res = _read_cache(_cache_path(cdir, k), c)
+            if res is not None:
+                done[k] = res
+                stats.cached += 1
+                stats.diverged += bool(res.diverged)
+    pending = [k for k in unique if k not in done]
+    bar = _Progress(len(unique), enabled=progress)
+    bar.done = len(done)
+    bar.update(stats, force=True)
+
+    def finish(k, res):
+        done[k] = res
+        stats.ran += 1
+        stats.failed += bool(getattr(res, "failed", False))
+        stats.diverged += bool(res.diverged) and not getattr(res, "failed", False)
+        bar.done += 1
+        bar.update(stats)
+
+    cdir_s = None if cdir is None else str(cdir)
+    if workers == 1 or len(pending) <= 1:
+        for k in pending:
+            finish(k, _run_one(unique[k], cdir_s))
+    else:
+        ctx = multiprocessing.get_context("fork")
+        pool = cf.ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=ctx)
+        try:
+            futures = {pool.submit(_run_one, unique[k], cdir_s): k for k in pending}
+            for fut in cf.as_completed(futures):
+                k = futures[fut]
+                try:
+                    res = fut.result()
+                except Exception as exc:  # noqa: BLE001
+                    # A worker died (e.g. killed for memory: BrokenProcessPool, and every
+                    # later run fails too) or the result could not be sent back: record it
+                    # as failed (not cached, so the next run retries it), keep the others.
+                    msg = " ".join(f"{type(exc).__name__}: {exc}".split())
+                    res = FailedRun(config=unique[k], error=msg)
+                finish(k, res)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+    bar.update(stats, force=True)
+    return [done[k] for k in keys], stats
+
+
+def run_configs(configs: Sequence[SimConfig], *, workers: int = 1,
+                cache_dir: str | os.PathLike | None = None, progress: bool = True) -> list:
+    """Run every configuration through ``signaldrift.simulate``; results in input order.
+
+    **Arguments:**
+    - `configs`: the configurations (duplicates run once and share the result).
+    - `workers`: number of processes; 1 runs in this process, >1 uses a fork-context
+      ``ProcessPoolExecutor``. Results do not depend on it (each run is seeded by its
+      config alone).
+    - `cache_dir`: folder of cached results (created if needed); ``None``: no cache.
+      A cached result is used only if its stored config equals the requested one.
+    - `progress`: print a text progress bar on stderr.
+
+    **Returns:** a list of ``SimulationResult`` (or :class:`FailedRun` for a run that raised),
+    one per config, in input order. ``KeyboardInterrupt`` propagates; everything finished
+    before it is in the cache.
+    """
+    return _run_configs(configs, workers=workers, cache_dir=cache_dir, progress=progress)[0]
+
+
+# ---------------------------------------------------------------------------- dataset
+def _coord_values(values: list[Any]) -> tuple[np.ndarray, dict[str, str]]:
+    """A coordinate array for ``values``: bool, int64, float64 or str; anything else
+    (None mixed with numbers, lists) as JSON strings, marked by an ``encoding`` attribute."""
+    if all(isinstance(v, bool) for v in values):
+        return np.array(values, dtype=bool), {}
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return np.array(values, dtype=np.int64), {}
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return np.array(values, dtype=np.float64), {}
+    if all(isinstance(v, str) for v in values):
+        return np.array(values, dtype=str), {}
+    return np.array([_json(v) for v in values], dtype=str), {"encoding": "json"}
+
+
+def _union(arrays) -> np.ndarray:
+    arrays = [np.asarray(a, dtype=np.int64) for a in arrays if a is not None]
+    if not arrays:
+        return np.zeros(0, dtype=np.int64)
+    return np.unique(np.concatenate(arrays)).astype(np.int64)
+
+
+def _gather(results, shape, axis_values, axis_of, value_of) -> np.ndarray:
+    """Stack per-result arrays onto the union axis ``axis_values`` (NaN where absent)."""
+    out = np.full((len(results), axis_values.size), np.nan)
+    for i, r in enumerate(results):
+        ax = axis_of(r)
+        val = value_of(r)
+        if ax is None or val is None or len(ax) == 0:
+            continue
+        pos = np.searchsorted(axis_values, np.asarray(ax, dtype=np.int64))
+        out[i, pos] = np.asarray(val, dtype=np.float64)
+    return out.reshape(tuple(shape) + (axis_values.size,))
+
+
+def _dataset(base: SimConfig, grid, mode: str, names: list[str], values, configs,
+             results) -> xr.Dataset:
+    if mode == "grid":
+        dims = list(names)
+        shape = [len(v) for v in values]
+        coords: dict[str, Any] = {}
+        for name, vals in zip(names, values):
+            arr, attrs = _coord_values(vals)
+            coords[name] = xr.Variable((name,), arr, attrs)
+    else:
+        dims = ["config"]
+        shape = [len(configs)]
+        coords = {"config": np.arange(len(configs), dtype=np.int64)}
+        for name in names:
+            arr, attrs = _coord_values([getattr(c, name) for c in configs])
+            coords[name] = xr.Variable(("config",), arr, attrs)
+    step = _union(r.step for r in results)
+    loss_step = _union(r.loss_step for r in results)
+    sharp_step = _union(r.sharpness.get("step") for r in results)
+    coords["step"] = step
+    coords["loss_step"] = loss_step
+
+    data: dict[str, Any] = {}
+    rec_names: list[str] = ["loss"]
+    for r in results:
+        for k in r.records:
+            if k not in rec_names:
+                rec_names.append(k)
+    for k in rec_names:
+        axis, axname = (loss_step, "loss_step") if k == "loss" else (step, "step")
+        arr = _gather(results, shape, axis,
+                      (lambda r: r.loss_step) if k == "loss" else (lambda r: r.step),
+                      lambda r, k=k: r.records.get(k))
+        data[k] = (dims + [axname], arr)
+    if sharp_step.size:
+        coords["sharpness_step"] = sharp_step
+        for k in ("lambda_max", "precond_lambda_max"):
+            data[k] = (dims + ["sharpness_step"],
+                       _gather(results, shape, sharp_step, lambda r: r.sharpness.get("step"),
+                               lambda r, k=k: r.sharpness.get(k)))
+
+    def scalar(fn, dtype):
+        return (dims, np.array([fn(r) for r in results], dtype=dtype).reshape(shape))
+
+    data["final_loss"] = scalar(lambda r: r.final_loss, np.float64)
+    data["diverged"] = scalar(lambda r: bool(r.diverged), np.int8)
+    data["diverged_step"] = scalar(lambda r: int(r.diverged_step), np.int64)
+    data["failed"] = scalar(lambda r: bool(getattr(r, "failed", False)), np.int8)
+    data["scale_factor" if "scale" in coords else "scale"] = scalar(lambda r: r.scale,
+                                                                   np.float64)
+    errors = [{"index": i, "config": json.loads(c.to_json()), "error": r.error}
+              for i, (c, r) in enumerate(zip(configs, results)) if getattr(r, "failed", False)]
+    attrs = {
+        "title": "signaldrift sweep",
+        "base_config": base.to_json(),
+        "grid": _json({n: v for n, v in zip(names, values)} if mode == "grid" else values),
+        # Not "mode": scipy's netCDF writer keeps global attributes on its file object.
+        "grid_mode": mode,
+        "swept": _json(names),
+        "errors": json.dumps(errors),
+        "cache_version": CACHE_VERSION,
+    }
+    ds = xr.Dataset(data, coords=coords, attrs=attrs)
+    ds["final_loss"].attrs["description"] = "excess loss after the last step (inf if diverged, NaN if failed)"
+    ds["diverged"].attrs["description"] = "1 if the run diverged or failed"
+    ds["failed"].attrs["description"] = "1 if simulate raised; see the errors attribute"
+    return ds
+
+
+def _run_sweep(base, grid, *, workers=1, cache_dir=None, progress=True):
+    """:func:`run_sweep` that also returns the counts (:class:`_Stats`)."""
+    _check_workers(workers)
+    configs, _ = expand_grid(base, grid)
+    mode, names, values = _parse_grid(grid)
+    results, stats = _run_configs(configs, workers=workers, cache_dir=cache_dir,
+                                  progress=progress)
+    return _dataset(base, grid, mode, names, values, configs, results), stats
+
+
+def run_sweep(base: SimConfig, grid, *, workers: int = 1,
+              cache_dir: str | os.PathLike | None = None, progress: bool = True) -> xr.Dataset:
+    """Run ``base`` over ``grid`` and gather the results in an ``xarray.Dataset``.
+
+    **Arguments:**
+    - `base`: the base :class:`SimConfig`.
+    - `grid`: ordered mapping setting name -> list of values (any SimConfig field;
+      Cartesian product), or a list of override dicts (list mode, a ``config`` dimension).
+    - `workers`, `cache_dir`, `progress`: as in :func:`run_configs`.
+
+    **Returns:** the Dataset described in the module docstring.
+    Raises :class:`ConfigError` for an invalid grid before anything runs.
+
+    Example::
+
+        ds = run_sweep(SimConfig(d=32, m=32, steps=50),
+                       {"lr": [1e-3, 1e-2], "alpha": [1.0, 16.0], "seed": [0, 1]})
+        ds.final_loss.mean("seed").sel(alpha=16.0)
+    """
+    return _run_sweep(base, grid, workers=workers, cache_dir=cache_dir, progress=progress)[0]
+
+
+def config_at(ds: xr.Dataset, **point: Any) -> SimConfig:
+    """The :class:`SimConfig` of one point of a sweep Dataset, from its attributes.
+
+    **Arguments:**
+    - `ds`: a Dataset from :func:`run_sweep` (or :func:`load_dataset`).
+    - `point`: every swept name and its coordinate value (grid mode), or ``config=i``
+      (list mode).
+
+    Example::
+
+        cfg = config_at(ds, lr=1e-2, alpha=16.0, seed=0)
+    """
+    base = SimConfig.from_dict(json.loads(ds.attrs["base_config"]))
+    if ds.attrs.get("grid_mode") == "list":
+        if set(point) != {"config"}:
+            raise ConfigError("point: give config=i for a list-mode sweep")
+        overrides = json.loads(ds.attrs["grid"])[int(point["config"])]
+    else:
+        names = json.loads(ds.attrs["swept"])
+        if set(point) != set(names):
+            raise ConfigError(f"point: give every swept setting ({', '.join(names)}), "
+                              f"got {', '.join(point) or 'none'}")
+        overrides = {}
+        for name in names:
+            value = point[name]
+            if ds[name].attrs.get("encoding") == "json" and isinstance(value, str):
+                value = json.loads(value)
+            overrides[name] = _normalise(name, value)
+    return _build(base, {k: _normalise(k, v) for k, v in overrides.items()})
+
+
+# ---------------------------------------------------------------------------- netCDF
+_DTYPE_ATTR = "signaldrift_dtype"
+# scipy's netCDF writer keeps global attributes on its file object: these names break it.
+_SCIPY_RESERVED = frozenset({"mode", "fp", "filename", "use_mmap", "version_byte",
+                             "maskandscale", "dimensions", "variables"})
+
+
+def save_dataset(ds: xr.Dataset, path: str | os.PathLike) -> Path:
+    """Write ``ds`` to netCDF3 (``engine="scipy"``) atomically; returns the path.
+
+    netCDF3 has no bool or int64: bools are stored as int8 and int64 as int32 (checked to
+    fit), with an attribute ``signaldrift_dtype`` that :func:`load_dataset` uses to restore
+    the dtype.
+    """
+    path = Path(path)
+    clash = sorted(set(ds.attrs) & _SCIPY_RESERVED)
+    if clash:
+        raise ValueError(f"attrs: {clash[0]!r} cannot be a global attribute of a netCDF3 file "
+                         "written by scipy; rename it")
+    out = ds.copy(deep=False)
+    for name in list(out.variables):
+        var = out.variables[name]
+        attrs = dict(var.attrs)
+        if var.dtype == bool:
+            new = var.values.astype(np.int8)
+            attrs[_DTYPE_ATTR] = "bool"
+        elif var.dtype.kind in "iu" and var.dtype not in (np.int8, np.int16, np.int32):
+            # netCDF3 integers are signed and at most 32 bits.
+            vals = var.values
+            if vals.size and (vals.min() < np.iinfo(np.int32).min
+                              or vals.max() > np.iinfo(np.int32).max):
+                raise ValueError(f"{name}: integer values do not fit netCDF3's int32")
+            new = vals.astype(np.int32)
+            attrs[_DTYPE_ATTR] = str(var.dtype)
+        elif var.dtype == object:
+            new = var.values.astype(str)
+        else:
+            continue
+        out[name] = xr.Variable(var.dims, new, attrs)
+    for name in out.variables:
+        out.variables[name].encoding = {}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        out.to_netcdf(tmp, engine="scipy", format="NETCDF3_64BIT")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_dataset(path: str | os.PathLike) -> xr.Dataset:
+    """Read a Dataset written by :func:`save_dataset` into memory (dtypes restored)."""
+    with xr.open_dataset(path, engine="scipy") as f:
+        ds = f.load()
+    for name in list(ds.variables):
+        var = ds.variables[name]
+        kind = var.attrs.get(_DTYPE_ATTR)
+        if kind is None:
+            if var.dtype == object and all(isinstance(v, str) for v in var.values.ravel()):
+                # netCDF3 char arrays come back as objects; make them str like the original.
+                ds[name] = xr.Variable(var.dims, var.values.astype(str), var.attrs)
+            continue
+        attrs = {k: v for k, v in var.attrs.items() if k != _DTYPE_ATTR}
+        ds[name] = xr.Variable(var.dims, var.values.astype(kind), attrs)
+    return ds
