@@ -4,6 +4,14 @@ The public API is what this module exports (``__all__``); modules whose names st
 underscore are private and may change. The model is specified in docs/THEORY.md.
 """
 
+from ._analysis import (
+    bracket_position,
+    divergence_threshold,
+    fit_power_law,
+    loglog_slope,
+    optimal_alpha,
+    optimisation_gap,
+)
 from ._config import ConfigError, SimConfig
 from ._init import init_adapter
 from ._reference import simulate_reference
@@ -12,19 +20,32 @@ from ._sampling import SampleStream
 from ._scaling import scale_factor
 from ._schedules import learning_rates
 from ._simulate import simulate
+from ._sweep import FailedRun, config_at, load_dataset, run_configs, run_sweep, save_dataset
 from ._task import Task, make_task
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
+    "FailedRun",
     "SampleStream",
     "SimConfig",
     "SimulationResult",
     "Task",
+    "bracket_position",
+    "config_at",
+    "divergence_threshold",
+    "fit_power_law",
     "init_adapter",
     "learning_rates",
+    "load_dataset",
+    "loglog_slope",
     "make_task",
+    "optimal_alpha",
+    "optimisation_gap",
+    "run_configs",
+    "run_sweep",
+    "save_dataset",
     "scale_factor",
     "simulate",
     "simulate_reference",
