@@ -1,0 +1,1 @@
+"""Runnable derivation scripts, one per result (see ``signaldrift derive``)."""

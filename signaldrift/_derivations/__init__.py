@@ -1,0 +1,20 @@
+"""Symbolic derivations of THEORY.md, one module per result (run by ``signaldrift derive``).
+
+Each module exposes ``TITLE`` and ``derive() -> Derivation``; :mod:`.factorised` also
+generates the kernels of :mod:`signaldrift._generated`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+#: The derivations, in reading order.
+NAMES = ("signal_drift", "loss_change", "hessian", "rank_scaling", "factorised")
+
+
+def load(name: str) -> ModuleType:
+    """The module of derivation ``name`` (one of :data:`NAMES`)."""
+    if name not in NAMES:
+        raise KeyError(name)
+    return importlib.import_module(f"{__name__}.{name}")

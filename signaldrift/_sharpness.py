@@ -1,0 +1,147 @@
+"""Sharpness λ_max of the Hessian of L(A, B) (THEORY.md §4).
+
+``L(A, B) = ½tr(EΣEᵀ)``, ``E = sBA − Δ⋆``, is a quartic in θ = (A, B); its Hessian acts on a
+direction ``(T_A, T_B)`` through the generated Hessian-vector product
+(:func:`signaldrift._generated.factorised.hvp_A`, ``hvp_B``), which needs only r×r, k×r
+Gram matrices and thin products: one product costs ``O((m + d)·r·(r + k))`` and no m×d
+matrix is formed. θ is flattened as ``(A.ravel(), B.ravel())`` (row-major), n = r·d + m·r.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.sparse.linalg import LinearOperator, eigsh
+
+from ._generated.factorised import hvp_A, hvp_B
+from ._task import Task
+
+__all__ = ["sharpness", "sharpness_at_init", "dense_hessian", "hessian_operator"]
+
+#: Up to this many parameters the operator is materialised and diagonalised densely
+#: (ARPACK needs k < n and is slower than ``eigvalsh`` on small problems).
+_DENSE_MAX = 64
+
+
+def hessian_operator(task: Task, scale: float, A: np.ndarray, B: np.ndarray, *,
+                     precond_A: np.ndarray | None = None,
+                     precond_B: np.ndarray | None = None) -> LinearOperator:
+    """The Hessian of L at (A, B) as a symmetric operator on flattened θ (THEORY §4).
+
+    With preconditioners ``P_A`` (r, d), ``P_B`` (m, r) (``P = √v̂ + ε``) the operator is
+    ``P^{-½} H P^{-½}``, whose spectrum is that of ``P⁻¹H``.
+
+    Args:
+        task: the task (Σ = diag(λ), Δ⋆ = U diag(σ⋆) Vᵀ).
+        scale: the LoRA scaling factor s.
+        A: (r, d) factor. B: (m, r) factor.
+        precond_A: optional (r, d) positive preconditioner of A.
+        precond_B: optional (m, r) positive preconditioner of B.
+
+    Returns:
+        A ``scipy.sparse.linalg.LinearOperator`` of shape (n, n), n = r·d + m·r.
+    """
+    s = float(scale)
+    A = np.ascontiguousarray(A, dtype=np.float64)
+    B = np.ascontiguousarray(B, dtype=np.float64)
+    r, d = A.shape
+    m = B.shape[0]
+    nA, n = r * d, r * d + m * r
+    lam, U = task.lam, np.ascontiguousarray(task.U)
+    Sg = np.diag(task.sigma_star)
+    AS = A * lam
+    ASAt = AS @ A.T
+    BtB = B.T @ B
+    VtS = np.ascontiguousarray((task.V * lam[:, None]).T)
+    if precond_A is None and precond_B is None:
+        scale_vec = None
+    else:
+        pa = np.ones((r, d)) if precond_A is None else np.asarray(precond_A, dtype=np.float64)
+        pb = np.ones((m, r)) if precond_B is None else np.asarray(precond_B, dtype=np.float64)
+        scale_vec = 1.0 / np.sqrt(np.concatenate([pa.ravel(), pb.ravel()]))
+
+    def matvec(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64).ravel()
+        if scale_vec is not None:
+            x = x * scale_vec
+        tA = np.ascontiguousarray(x[:nA].reshape(r, d))
+        tB = np.ascontiguousarray(x[nA:].reshape(m, r))
+        hB = hvp_B(s, tB, B, U, Sg, ASAt, AS @ tA.T, VtS @ tA.T)
+        hA = hvp_A(s, B.T @ tB, BtB, AS, tA * lam, tB.T @ U, Sg, VtS)
+        y = np.concatenate([hA.ravel(), hB.ravel()])
+        return y * scale_vec if scale_vec is not None else y
+
+    return LinearOperator((n, n), matvec=matvec, rmatvec=matvec, dtype=np.float64)
+
+
+def sharpness(task: Task, scale: float, A: np.ndarray, B: np.ndarray, *,
+              precond_A: np.ndarray | None = None, precond_B: np.ndarray | None = None,
+              seed: int = 0) -> float:
+    """λ_max, the largest algebraic eigenvalue of the Hessian of L at (A, B) (THEORY §4).
+
+    Lanczos (``eigsh(which="LA")``, seeded start vector) on :func:`hessian_operator`;
+    for n ≤ 64 parameters the operator is applied to the identity and diagonalised.
+    With ``precond_A``, ``precond_B`` (P = √v̂ + ε) returns ``λ_max(P^{-½}HP^{-½})``
+    = ``λ_max(P⁻¹H)``, Adam's preconditioned sharpness.
+
+    Args:
+        task: the task. scale: s. A: (r, d). B: (m, r).
+        precond_A: optional (r, d) preconditioner. precond_B: optional (m, r) preconditioner.
+        seed: seed of the Lanczos start vector.
+
+    Returns:
+        λ_max as a float.
+    """
+    op = hessian_operator(task, scale, A, B, precond_A=precond_A, precond_B=precond_B)
+    n = op.shape[0]
+    if n <= _DENSE_MAX:
+        H = op.matmat(np.eye(n))
+        return float(np.linalg.eigvalsh(0.5 * (H + H.T))[-1])
+    v0 = np.random.default_rng(seed).standard_normal(n)
+    return float(eigsh(op, k=1, which="LA", v0=v0, return_eigenvectors=False)[0])
+
+
+def sharpness_at_init(task: Task, scale: float, A: np.ndarray) -> float:
+    """Exact λ_max of the Hessian at B = 0 (THEORY §4; ``signaldrift derive hessian``).
+
+    At B = 0 the Hessian couples ``T_B = u wᵀ`` and ``T_A = w vᵀ`` (u, v singular vectors
+    of G = −Δ⋆Σ with value g, w an eigenvector of AΣAᵀ with value μ) in 2×2 blocks
+    ``[[s²μ, s·g], [s·g, 0]]``, so
+
+        λ_max = (s²μ + √(s⁴μ² + 4s²g²)) / 2,  μ = λ_max(AΣAᵀ),  g = σ_max(Δ⋆Σ).
+
+    Args:
+        task: the task. scale: s. A: (r, d) factor.
+
+    Returns:
+        λ_max as a float.
+    """
+    s = float(scale)
+    mu = np.linalg.eigvalsh((A * task.lam) @ A.T)[-1]
+    # σ(U diag(σ⋆) VᵀΣ) = σ(R diag(σ⋆) VᵀΣ) with U = QR; its k×k Gram holds VᵀΣ²V.
+    R = np.linalg.qr(task.U, mode="r")
+    VS2V = (task.V * task.lam[:, None] ** 2).T @ task.V
+    C = (R * task.sigma_star) @ VS2V @ (R * task.sigma_star).T
+    g2 = max(np.linalg.eigvalsh(0.5 * (C + C.T))[-1], 0.0)
+    return float(0.5 * (s**2 * mu + np.sqrt(s**4 * mu**2 + 4.0 * s**2 * g2)))
+
+
+def dense_hessian(task: Task, scale: float, A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """The explicit (n, n) Hessian, n = r·d + m·r, from THEORY §4's quadratic form.
+
+    ``H[T_A, T_B] = s²‖(T_B A + B T_A)Σ^½‖² + 2s⟨T_B T_A, G⟩``, G = EΣ: ``s²JᵀJ`` with J the
+    Jacobian of ``θ ↦ (T_B A + B T_A)Σ^½``, plus the cross block ``H[A_aj, B_ia] = s·G_ij``.
+    Forms m×d and (m·d)×n matrices: for tests on tiny sizes only.
+    """
+    s = float(scale)
+    r, d = A.shape
+    m = B.shape[0]
+    root = np.sqrt(task.lam)
+    JA = np.einsum("ia,jk,j->ijak", B, np.eye(d), root).reshape(m * d, r * d)
+    JB = np.einsum("ik,aj,j->ijka", np.eye(m), A, root).reshape(m * d, m * r)
+    J = np.hstack([JA, JB])
+    H = s**2 * (J.T @ J)
+    G = (s * B @ A - task.delta_star()) * task.lam
+    cross = s * np.einsum("ij,ab->ajib", G, np.eye(r)).reshape(r * d, m * r)
+    H[: r * d, r * d:] += cross
+    H[r * d:, : r * d] += cross.T
+    return H
