@@ -19,6 +19,7 @@ from ._result import SimulationResult
 from ._sampling import SampleStream
 from ._scaling import scale_factor
 from ._schedules import learning_rates
+from ._sharpness import dense_hessian, hessian_operator, sharpness, sharpness_at_init
 from ._simulate import simulate
 from ._sweep import FailedRun, config_at, load_dataset, run_configs, run_sweep, save_dataset
 from ._task import Task, make_task
@@ -34,8 +35,10 @@ __all__ = [
     "Task",
     "bracket_position",
     "config_at",
+    "dense_hessian",
     "divergence_threshold",
     "fit_power_law",
+    "hessian_operator",
     "init_adapter",
     "learning_rates",
     "load_dataset",
@@ -47,6 +50,8 @@ __all__ = [
     "run_sweep",
     "save_dataset",
     "scale_factor",
+    "sharpness",
+    "sharpness_at_init",
     "simulate",
     "simulate_reference",
 ]

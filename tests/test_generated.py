@@ -146,3 +146,19 @@ def test_loss_change_identity_with_kernels(state):
 
     change = call("excess_loss", after) - call("excess_loss", g)
     assert change == pytest.approx(call("descent", g) + call("curvature", g), rel=1e-10)
+
+
+def test_matrix_chains_are_printed_in_their_cheapest_order():
+    # U·Sg·VSAt is (m×k)(k×k)(k×r): left to right costs m·k² + m·k·r, right first
+    # k²·r + m·k·r, so the printer must bracket it as U @ (Sg @ VSAt) (THEORY §2 "Cost").
+    import sympy as sp
+
+    from signaldrift._derivations._codegen import KernelPrinter, chain_order
+
+    m, k, r, d, n = sp.symbols("m k r d n", integer=True, positive=True)
+    U, Sg, VSAt = sp.MatrixSymbol("U", m, k), sp.MatrixSymbol("Sg", k, k), sp.MatrixSymbol("VSAt", k, r)
+    assert KernelPrinter().doprint(U * Sg * VSAt) == "U @ (Sg @ VSAt)"
+    # (r×k)(k×k)(k×d) is cheapest left to right and keeps the plain left-to-right form.
+    W, VtS = sp.MatrixSymbol("W", r, k), sp.MatrixSymbol("VtS", k, d)
+    assert KernelPrinter().doprint(W * Sg * VtS) == "W @ Sg @ VtS"
+    assert chain_order([(m, k), (k, k), (k, r)]) == {(0, 1): 0, (1, 2): 1, (0, 2): 0}

@@ -63,7 +63,7 @@ def grad_B(s, B, U, Sg, ASAt, VSAt):
     """∇_B L = sGAᵀ (THEORY §2; derived in hessian)."""
     return (
         s**2*(B @ ASAt)
-        - s*(U @ Sg @ VSAt)
+        - s*(U @ (Sg @ VSAt))
     )
 
 
@@ -155,7 +155,7 @@ def hvp_B(s, tB, B, U, Sg, ASAt, AStAt, VStAt):
     return (
         s**2*(B @ AStAt)
         + s**2*(B @ AStAt.T)
-        - s*(U @ Sg @ VStAt)
+        - s*(U @ (Sg @ VStAt))
         + s**2*(tB @ ASAt)
     )
 
