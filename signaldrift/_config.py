@@ -179,7 +179,8 @@ class SimConfig:
             real(b, lo=0.0)
             if getattr(self, b) >= 1.0:
                 fail(b, "in [0, 1)", getattr(self, b))
-        real("eps", lo=0.0)
+        # ε = 0 makes Adam's first step 0/0 for A (its gradient vanishes at B₀ = 0).
+        real("eps", positive=True)
         real("weight_decay", lo=0.0)
         choice("schedule", SCHEDULES)
         pos_int("steps", 1)

@@ -35,6 +35,7 @@ INVALID = [
     ({"momentum": 1.0}, "momentum"),
     ({"beta2": 1.0}, "beta2"),
     ({"eps": -1.0}, "eps"),
+    ({"eps": 0.0}, "eps"),
     ({"weight_decay": -0.5}, "weight_decay"),
     ({"schedule": "step"}, "schedule"),
     ({"warmup": 500}, "warmup"),  # > steps
