@@ -65,8 +65,25 @@ __all__ = [
     "load_dataset",
 ]
 
-#: Part of every cache key; bump it when the simulator's output for a config changes.
-CACHE_VERSION = "signaldrift-sweep-1"
+# The modules whose source determines what `simulate` returns for a config.
+_SIMULATOR_SOURCES = ("_config.py", "_task.py", "_seeding.py", "_init.py", "_scaling.py",
+                      "_schedules.py", "_sampling.py", "_kernels.py", "_simulate.py",
+                      "_result.py", "_sharpness.py", "_generated/factorised.py")
+
+
+def simulator_fingerprint() -> str:
+    """SHA-256 (12 hex digits) of the simulator's source files, so that a cache written by
+    other simulator code is never read back as if it were current."""
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parent
+    for name in _SIMULATOR_SOURCES:
+        h.update(name.encode() + b"\0" + (root / name).read_bytes())
+    return h.hexdigest()[:12]
+
+
+#: Part of every cache key: a schema version (bump it when the cache layout changes) and the
+#: fingerprint of the simulator's code (which changes by itself when the code does).
+CACHE_VERSION = "signaldrift-sweep-1+" + simulator_fingerprint()
 
 
 @dataclass

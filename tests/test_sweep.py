@@ -411,3 +411,16 @@ def test_cli_bad_toml(tmp_path):
     with pytest.raises(ConfigError, match="'learning_rate' is not a setting"):
         run_cli(["--config", str(toml), "--out", str(tmp_path / "o.nc")])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.toml"]
+
+
+def test_cache_key_changes_with_the_simulator_code(monkeypatch):
+    # A cache written by other simulator code must not be read back: the key folds in a hash
+    # of the simulator's sources, so editing any of them changes every key.
+    import signaldrift._sweep as sweep
+
+    before = sweep.simulator_fingerprint()
+    real = sweep.Path.read_bytes
+    monkeypatch.setattr(sweep.Path, "read_bytes",
+                        lambda self: real(self) + (b"# edit" if self.name == "_kernels.py" else b""))
+    assert sweep.simulator_fingerprint() != before
+    assert sweep.CACHE_VERSION.endswith(before)
