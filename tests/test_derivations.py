@@ -138,3 +138,16 @@ def test_scripts_run_and_import():
     finally:
         sys.path.remove(str(REPO))
     assert script.derive is load("signal_drift").derive
+
+
+def test_derive_check_passes_end_to_end():
+    # Issue 3's criterion, as CI sees it: the installed command re-derives every result,
+    # verifies every identity and finds signaldrift/_generated up to date (exit 0).
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "signaldrift._cli", "derive", "--check"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "all checks passed" in proc.stdout
+    assert "generated: signaldrift/_generated is up to date" in proc.stdout
