@@ -305,3 +305,20 @@ def test_cli_bad_inputs(monkeypatch):
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="cuda"):
             xc.handler(_parser().parse_args(["crosscheck", "--device", "cuda"]))
+
+
+def test_full_crosscheck_command_passes_on_cpu(tmp_path):
+    # Issue 5's criterion, as CI sees it: every default configuration within 1e-9 on CPU,
+    # exit 0, the verdict as the last line, and the JSON report written.
+    pytest.importorskip("torch")
+    report = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, "-m", "signaldrift._cli", "crosscheck", "--device",
+                           "cpu", "--json", str(report)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("crosscheck: PASS") and "device cpu" in last, last
+    data = json.loads(report.read_text())
+    assert data["passed"] and data["n_passed"] == data["n_total"] == len(data["rows"]) >= 90
+    assert data["worst_deviation"] <= data["threshold"] == 1e-9
+    assert data["verdict"] == last
