@@ -14,14 +14,19 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ConfigError", "SimConfig", "RULES", "OPTIMIZERS", "SCHEDULES", "INITS", "MODELS"]
+import numpy as np
+
+__all__ = ["ConfigError", "SimConfig", "RULES", "OPTIMIZERS", "SCHEDULES", "INITS", "MODELS",
+           "BASES", "ENGINES"]
 
 RULES = ("lora", "rslora", "lora-alpha", "fixed")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "linear", "cosine")
-INITS = ("peft", "gaussian")
+INITS = ("peft", "gaussian", "lora-one", "gaussian-b")
 MODELS = ("lora", "full")
 ALIGNS = ("random", "aligned")
+BASES = ("random", "eigen")
+ENGINES = ("full", "reduced")
 
 
 class ConfigError(ValueError):
@@ -36,6 +41,17 @@ def _is_real(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
+def _plain(x: Any) -> Any:
+    """NumPy scalars as the Python scalars they hold (``np.int64(64)`` → ``64``)."""
+    if isinstance(x, np.bool_):
+        return bool(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.floating):
+        return float(x)
+    return x
+
+
 @dataclass(frozen=True)
 class SimConfig:
     """All settings of one simulation (THEORY.md §1–§3).
@@ -46,22 +62,35 @@ class SimConfig:
         decay: exponent δ of the task singular values σ⋆_j ∝ j^(−δ).
         noise: label-noise standard deviation σ. align: ``"random"`` (Haar V) or
         ``"aligned"`` (V = top-k eigen-directions of Σ). task_seed: seed of the task
-        (``None``: use ``seed``).
-    Gradient: batch: minibatch size n; 0 = exact population gradient.
+        (``None``: use ``seed``). basis: the feature basis Q of Σ = Q diag(λ) Qᵀ
+        (THEORY §1): ``"random"`` (a seeded random rotation; the default, because a real
+        network's features are not its input covariance's eigenbasis and Adam depends on
+        the basis) or ``"eigen"`` (Q = I, which flatters Adam). SGD is the same in both.
+    Data and gradient (THEORY §2 "Data"): batch: minibatch size n; 0 = full batch (the
+        exact population gradient, or the whole training set). train_size: N, the size of
+        a fixed training set; 0 = fresh samples at every step (the online setting).
     Student (THEORY §2):
         model: ``"lora"`` or ``"full"`` (full fine-tuning baseline). rank: LoRA rank r.
         alpha: LoRA α (rules ``lora``, ``rslora``). rule: scaling rule (``lora`` s = α/r,
         ``rslora`` s = α/√r, ``lora-alpha`` s = c/√r, ``fixed`` s = ``scale``).
         coef: the coefficient c of ``lora-alpha``. scale: s for rule ``fixed``.
-        init: ``"peft"`` (A ~ U(−1/√d, 1/√d)) or ``"gaussian"`` (A ~ N(0, init_std²));
-        init_std: σ_A for ``gaussian`` (``None``: 1/√(3d), PEFT's variance).
+        init: ``"peft"`` (A ~ U(−1/√d, 1/√d), B = 0), ``"gaussian"`` (A ~ N(0, init_std²),
+        B = 0), ``"lora-one"`` (spectral start from the top-r SVD of −G₀, scaled by
+        init_gamma) or ``"gaussian-b"`` (A = 0, B ~ N(0, init_std²)); init_std: the
+        Gaussian's σ (``None``: PEFT's variance, 1/√(3d) for A, 1/√(3r) for B);
+        init_gamma: γ of ``lora-one`` (s·B₀A₀ = (s/γ)·[−G₀]_r).
     Optimiser (torch.optim semantics): optimizer, lr, momentum, nesterov, beta1, beta2, eps,
-        weight_decay (L2 for sgd/adam, decoupled for adamw).
+        weight_decay (L2 for sgd/adam, decoupled for adamw). loraplus_lr_ratio: λ of LoRA+
+        (PEFT's name): η_A = lr, η_B = λ·lr. eps_b: Adam's ε for B (``None``: eps); with
+        B' = B/c, (scale c·s, lr η) equals (scale s, η_B = c·η, eps_b = ε/c) (THEORY §3).
     Schedule: schedule (``constant``, ``linear`` warm-up then linear decay to 0, ``cosine``
         warm-up then cosine decay to 0), warmup (warm-up steps).
     Run: steps, seed (initialisation and sample stream), record_every (record the per-step
         terms every this many steps), divergence_bound (a loss above it ends the run as
-        diverged), sharpness_steps (steps t at which λ_max of the Hessian is measured).
+        diverged), sharpness_steps (steps t at which λ_max of the Hessian is measured),
+        snapshot_steps (steps t at which A_t and B_t are stored; t = steps is the end).
+    Engine: engine (``"full"``: the factorised Numba kernels; ``"reduced"``: the exact
+        overlap dynamics of THEORY §7, for isotropic Σ and full-batch SGD only).
     """
 
     # task
@@ -73,8 +102,10 @@ class SimConfig:
     noise: float = 0.0
     align: str = "random"
     task_seed: int | None = None
-    # gradient
+    basis: str = "random"
+    # data and gradient
     batch: int = 0
+    train_size: int = 0
     # student
     model: str = "lora"
     rank: int = 8
@@ -84,6 +115,7 @@ class SimConfig:
     scale: float | None = None
     init: str = "peft"
     init_std: float | None = None
+    init_gamma: float = 128.0
     # optimiser
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -93,6 +125,8 @@ class SimConfig:
     beta2: float = 0.999
     eps: float = 1e-8
     weight_decay: float = 0.0
+    loraplus_lr_ratio: float = 1.0
+    eps_b: float | None = None
     # schedule
     schedule: str = "constant"
     warmup: int = 0
@@ -102,11 +136,28 @@ class SimConfig:
     record_every: int = 1
     divergence_bound: float = 1e6
     sharpness_steps: tuple[int, ...] = field(default=())
+    snapshot_steps: tuple[int, ...] = field(default=())
+    # engine
+    engine: str = "full"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "SimConfig":
+        # A dataclass would raise TypeError for an unknown keyword; name it instead.
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise ConfigError(f"{unknown[0]}: unknown setting; allowed settings are "
+                              + ", ".join(sorted(names)))
+        if args:
+            raise ConfigError("SimConfig: give settings by name, e.g. SimConfig(d=64)")
+        return super().__new__(cls)
 
     def __post_init__(self) -> None:
-        # Normalise lists from TOML/JSON to tuples so the dataclass stays hashable.
-        if isinstance(self.sharpness_steps, list):
-            object.__setattr__(self, "sharpness_steps", tuple(self.sharpness_steps))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, (list, tuple)):
+                # Lists from TOML/JSON become tuples so the dataclass stays hashable.
+                value = tuple(_plain(v) for v in value)
+            object.__setattr__(self, f.name, _plain(value))
         self.validate()
 
     # ------------------------------------------------------------------ validation
@@ -155,7 +206,12 @@ class SimConfig:
         choice("align", ALIGNS)
         if self.task_seed is not None:
             pos_int("task_seed", 0)
+        choice("basis", BASES)
         pos_int("batch", 0)
+        pos_int("train_size", 0)
+        if self.train_size > 0 and self.batch > self.train_size:
+            fail("batch", f"at most train_size = {self.train_size} (0 = full batch)",
+                 self.batch)
         choice("model", MODELS)
         pos_int("rank", 1, mn)
         choice("rule", RULES)
@@ -164,13 +220,20 @@ class SimConfig:
         if self.rule == "fixed" and self.scale is None and self.model == "lora":
             fail("scale", "a finite number > 0 when rule is 'fixed'", None)
         real("scale", positive=True, allow_none=True)
+        if self.scale is not None and self.rule != "fixed":
+            raise ConfigError(f"scale: used only with rule 'fixed', but rule is "
+                              f"{self.rule!r}; set rule = 'fixed' or remove scale")
         choice("init", INITS)
         real("init_std", positive=True, allow_none=True)
+        real("init_gamma", positive=True)
         choice("optimizer", OPTIMIZERS)
         real("lr", positive=True)
         real("momentum", lo=0.0)
         if self.momentum >= 1.0:
             fail("momentum", "in [0, 1)", self.momentum)
+        if self.momentum > 0.0 and self.optimizer != "sgd":
+            raise ConfigError(f"momentum: used only with optimizer 'sgd', but optimizer is "
+                              f"{self.optimizer!r} (set beta1 for Adam's momentum)")
         if not isinstance(self.nesterov, bool):
             fail("nesterov", "true or false", self.nesterov)
         if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0.0):
@@ -181,7 +244,12 @@ class SimConfig:
                 fail(b, "in [0, 1)", getattr(self, b))
         # ε = 0 makes Adam's first step 0/0 for A (its gradient vanishes at B₀ = 0).
         real("eps", positive=True)
+        real("eps_b", positive=True, allow_none=True)
         real("weight_decay", lo=0.0)
+        real("loraplus_lr_ratio", positive=True)
+        if self.model == "full" and (self.loraplus_lr_ratio != 1.0 or self.eps_b is not None):
+            raise ConfigError("loraplus_lr_ratio: per-factor settings (loraplus_lr_ratio, "
+                              "eps_b) need model 'lora', but model is 'full'")
         choice("schedule", SCHEDULES)
         pos_int("steps", 1)
         pos_int("warmup", 0, self.steps)
@@ -193,6 +261,35 @@ class SimConfig:
         ):
             fail("sharpness_steps", f"a list of integers in [0, steps) = [0, {self.steps})",
                  self.sharpness_steps)
+        if not isinstance(self.snapshot_steps, tuple) or not all(
+            _is_int(t) and 0 <= t <= self.steps for t in self.snapshot_steps
+        ) or len(set(self.snapshot_steps)) != len(self.snapshot_steps):
+            fail("snapshot_steps", f"a list of distinct integers in [0, steps] = "
+                 f"[0, {self.steps}]", self.snapshot_steps)
+        choice("engine", ENGINES)
+        if self.engine == "reduced":
+            self._validate_reduced()
+
+    def _validate_reduced(self) -> None:
+        """The reduced engine closes only for isotropic Σ and full-batch (S)GD (THEORY §7)."""
+        def refuse(name: str, why: str) -> None:
+            raise ConfigError(f"engine: 'reduced' cannot take {name} = "
+                              f"{getattr(self, name)!r}: {why}")
+
+        if self.model != "lora":
+            refuse("model", "it simulates the LoRA factors' overlaps")
+        if self.optimizer != "sgd":
+            refuse("optimizer", "Adam is per-coordinate and does not close on overlaps")
+        if self.spectrum != 0.0:
+            refuse("spectrum", "an anisotropic Σ needs every power of Σ (use spectrum = 0)")
+        if self.batch != 0:
+            refuse("batch", "minibatches are random (use batch = 0)")
+        if self.train_size != 0:
+            refuse("train_size", "a fixed training set's Σ̂ is not isotropic")
+        if self.sharpness_steps:
+            refuse("sharpness_steps", "the Hessian needs the factors A and B")
+        if self.snapshot_steps:
+            refuse("snapshot_steps", "the reduced engine never forms A and B")
 
     # ------------------------------------------------------------------ derived
     @property
@@ -202,8 +299,18 @@ class SimConfig:
 
     @property
     def effective_init_std(self) -> float:
-        """σ_A of the ``gaussian`` init (default 1/√(3d), the variance of PEFT's uniform)."""
-        return 1.0 / math.sqrt(3.0 * self.d) if self.init_std is None else float(self.init_std)
+        """σ of the Gaussian inits: ``init_std``, or PEFT's variance (Kaiming-uniform with
+        a = √5 on the factor's fan-in): 1/√(3d) for A (``gaussian``), 1/√(3r) for B
+        (``gaussian-b``)."""
+        if self.init_std is not None:
+            return float(self.init_std)
+        fan_in = self.rank if self.init == "gaussian-b" else self.d
+        return 1.0 / math.sqrt(3.0 * fan_in)
+
+    @property
+    def effective_eps_b(self) -> float:
+        """Adam's ε for B: ``eps_b``, or ``eps``."""
+        return float(self.eps) if self.eps_b is None else float(self.eps_b)
 
     def replace(self, **changes: Any) -> "SimConfig":
         """A copy with ``changes`` applied (and validated)."""
@@ -213,6 +320,7 @@ class SimConfig:
         """Every setting, JSON-serialisable (tuples become lists)."""
         out = dataclasses.asdict(self)
         out["sharpness_steps"] = list(self.sharpness_steps)
+        out["snapshot_steps"] = list(self.snapshot_steps)
         return out
 
     def to_json(self) -> str:

@@ -48,6 +48,13 @@ RECORD_NAMES = (
     "A_norm",
     "B_norm",
     "subspace_overlap",
+    # the exact split of L_{t+1} − L_t (THEORY §3): descent = descent_signal + descent_drift,
+    # curvature = curvature_signal + curvature_cross + curvature_drift
+    "descent_signal",
+    "descent_drift",
+    "curvature_signal",
+    "curvature_cross",
+    "curvature_drift",
 )
 
 OPT_SGD, OPT_ADAM, OPT_ADAMW = 0, 1, 2

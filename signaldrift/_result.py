@@ -17,7 +17,9 @@ from ._task import Task
 __all__ = ["SimulationResult", "ARCHIVE_VERSION"]
 
 #: Version of the archive schema; bumped when keys change meaning.
-ARCHIVE_VERSION = 1
+#: 2: feature basis (``basis_*``), ``B0``, ``task_source``, snapshots, training set,
+#: loss-change split records, ``noise_floor``; ``V`` is in Σ's eigen-coordinates.
+ARCHIVE_VERSION = 2
 
 # A fixed timestamp for every archive member, so the same arrays give the same bytes.
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -41,11 +43,16 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 class SimulationResult:
     """One run: its configuration, task, trajectory records and final state.
 
+    Every matrix over the input space (A₀, A, the snapshots of A, ``X_train``, Δ) is in
+    the feature basis (THEORY §1); the task's factors are stored as the :class:`Task`
+    holds them (V in Σ's eigen-coordinates, with the basis beside it).
+
     Attributes:
         config: every setting of the run.
-        task: the regression task (THEORY §1).
+        task: the regression task (THEORY §1); ``None`` when the engine never formed it
+            (the reduced engine at widths where its factors cannot be stored).
         scale: the scaling factor s used (THEORY §2).
-        A0: (r, d) initial A (B₀ = 0).
+        A0, B0: initial factors (r, d) and (m, r) (``None`` if never formed).
         A, B: final factors (at the diverged step if the run diverged); for full
             fine-tuning A is (0, d), B is (m, 0) and ``Delta`` holds the final Δ.
         step: steps t at which the per-step terms were recorded.
@@ -59,14 +66,23 @@ class SimulationResult:
             ``precond_lambda_max`` (λ_max(P⁻¹H), Adam/AdamW only, else NaN) at
             ``config.sharpness_steps``.
         Delta: final Δ of full fine-tuning, else ``None``.
+        task_source: ``"generated"`` (from the config's seeds) or ``"user"`` (arrays given
+            to ``simulate``; the archive stores them so the run can be replayed).
+        snapshots: ``step`` (n,), ``A`` (n, r, d), ``B`` (n, m, r) at
+            ``config.snapshot_steps`` (empty arrays if none).
+        train: the fixed training set (``train_size`` > 0): ``X_train`` (N, d) in the
+            feature basis and ``noise_train`` (N, m); else empty.
+        noise_floor: ½·m·σ², the part of the full population loss no student can remove
+            (the full test loss is ``loss + noise_floor``).
+        extras: engine-specific arrays, stored in the archive as ``extra_<name>``.
     """
 
     config: SimConfig
-    task: Task
+    task: Task | None
     scale: float
-    A0: np.ndarray
-    A: np.ndarray
-    B: np.ndarray
+    A0: np.ndarray | None
+    A: np.ndarray | None
+    B: np.ndarray | None
     step: np.ndarray
     loss_step: np.ndarray
     records: dict[str, np.ndarray]
@@ -75,6 +91,12 @@ class SimulationResult:
     diverged_loss: float = float("nan")
     sharpness: dict[str, np.ndarray] = field(default_factory=dict)
     Delta: np.ndarray | None = None
+    B0: np.ndarray | None = None
+    task_source: str = "generated"
+    snapshots: dict[str, np.ndarray] = field(default_factory=dict)
+    train: dict[str, np.ndarray] = field(default_factory=dict)
+    noise_floor: float = 0.0
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
 
     # ----------------------------------------------------------------- summaries
     @property
@@ -114,25 +136,30 @@ class SimulationResult:
         out: dict[str, np.ndarray] = {
             "version": np.array(ARCHIVE_VERSION),
             "config": np.array(self.config.to_json()),
-            "lam": self.task.lam,
-            "U": self.task.U,
-            "sigma_star": self.task.sigma_star,
-            "V": self.task.V,
-            "A0": self.A0,
-            "A": self.A,
-            "B": self.B,
+            "task_source": np.array(self.task_source),
+            "arrays_stored": np.array(self.task is not None),
             "scale": np.array(self.scale),
             "step": self.step,
             "loss_step": self.loss_step,
             "diverged": np.array(self.diverged),
             "diverged_step": np.array(self.diverged_step),
             "diverged_loss": np.array(self.diverged_loss),
+            "noise_floor": np.array(self.noise_floor),
         }
+        if self.task is not None:
+            out.update(self.task.to_arrays())
+        for key in ("A0", "B0", "A", "B", "Delta"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
         out.update(self.records)
         for key, value in self.sharpness.items():
             out[f"sharpness_{key}"] = value
-        if self.Delta is not None:
-            out["Delta"] = self.Delta
+        for key, value in self.snapshots.items():
+            out[f"snapshot_{key}"] = value
+        out.update(self.train)
+        for key, value in self.extras.items():
+            out[f"extra_{key}"] = value
         return out
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -148,13 +175,27 @@ class SimulationResult:
 
         with np.load(path, allow_pickle=False) as z:
             a = {k: z[k] for k in z.files}
+        version = int(a["version"])
+        if version != ARCHIVE_VERSION:
+            raise ValueError(f"{path}: archive version {version}, this signaldrift reads "
+                             f"version {ARCHIVE_VERSION}; rerun the simulation")
         config = SimConfig.from_dict(json.loads(str(a["config"])))
-        task = Task(lam=a["lam"], U=a["U"], sigma_star=a["sigma_star"], V=a["V"],
-                    noise=float(config.noise))
-        records = {name: a[name] for name in ("loss", *RECORD_NAMES)}
-        sharp = {k[len("sharpness_"):]: v for k, v in a.items() if k.startswith("sharpness_")}
-        return cls(config=config, task=task, scale=float(a["scale"]), A0=a["A0"], A=a["A"],
-                   B=a["B"], step=a["step"], loss_step=a["loss_step"], records=records,
-                   diverged=bool(a["diverged"]), diverged_step=int(a["diverged_step"]),
-                   diverged_loss=float(a["diverged_loss"]), sharpness=sharp,
-                   Delta=a.get("Delta"))
+        task_source = str(a["task_source"])
+        task = None
+        if bool(a["arrays_stored"]):
+            task = Task.from_archive(a, config)
+        records = {name: a[name] for name in ("loss", "train_loss", *RECORD_NAMES)
+                   if name in a}
+
+        def prefixed(prefix: str) -> dict[str, np.ndarray]:
+            return {k[len(prefix):]: v for k, v in a.items() if k.startswith(prefix)}
+
+        train = {k: a[k] for k in ("X_train", "noise_train") if k in a}
+        return cls(config=config, task=task, scale=float(a["scale"]), A0=a.get("A0"),
+                   A=a.get("A"), B=a.get("B"), step=a["step"], loss_step=a["loss_step"],
+                   records=records, diverged=bool(a["diverged"]),
+                   diverged_step=int(a["diverged_step"]),
+                   diverged_loss=float(a["diverged_loss"]), sharpness=prefixed("sharpness_"),
+                   Delta=a.get("Delta"), B0=a.get("B0"), task_source=task_source,
+                   snapshots=prefixed("snapshot_"), train=train,
+                   noise_floor=float(a["noise_floor"]), extras=prefixed("extra_"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from ._config import SimConfig
+from ._config import ConfigError, SimConfig
 from ._init import init_adapter
 from ._kernels import (
     OPT_ADAM,
@@ -76,7 +76,8 @@ def _segments(config: SimConfig) -> list[tuple[int, int]]:
     return out
 
 
-def simulate(config: SimConfig) -> SimulationResult:
+def simulate(config: SimConfig, *, task: Task | None = None, A0: np.ndarray | None = None,
+             B0: np.ndarray | None = None) -> SimulationResult:
     """Run one simulation with the factorised Numba kernels.
 
     BLAS runs single-threaded during the run: the kernels multiply r×r, k×r and thin
@@ -101,6 +102,13 @@ def simulate(config: SimConfig) -> SimulationResult:
         >>> res.final_loss < res.loss[0]
         True
     """
+    if not isinstance(config, SimConfig):
+        raise ConfigError(f"config: must be a SimConfig (signaldrift.SimConfig(...)), got "
+                          f"{type(config).__name__}")
+    if config.engine == "reduced":
+        from ._reduced import simulate_reduced
+
+        return simulate_reduced(config, task=task, A0=A0, B0=B0)
     with threadpool_limits(limits=1, user_api="blas"):
         return _simulate(config)
 
