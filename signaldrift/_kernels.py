@@ -11,7 +11,21 @@ arithmetic: the optimiser state lives in arrays the driver owns.
 
 Record layout: ``rec[q, i]`` is record ``q`` (see :data:`RECORD_NAMES`) at the i-th recorded
 step (steps t with ``t % record_every == 0``); ``loss[i]`` is the excess loss at the i-th
-recorded loss step (t % record_every == 0, and the final t = steps, written by the driver).
+recorded loss step (t % record_every == 0, and the final t = steps, written by the driver);
+``train_loss[i]`` likewise, the empirical loss on a fixed training set (length 0 without one).
+
+Recorded losses and norms have no rounding floor: each is the Frobenius norm of a product
+``F Hᵀ`` of two thin factors (e.g. ``EΣ^½ = [sB, −U·diag σ⋆]·[AΣ^½; VᵀΣ^½]``), computed as
+``‖R_F R_Hᵀ‖`` from the R factors of their thin QR decompositions. Householder QR is
+backward stable, so the error is ~1e-16·‖F‖‖H‖, as for a dense ``E = sBA − Δ⋆``, and a
+norm is never negative; the Gram-trace forms (``½s²tr(ASAᵀBᵀB) − …``) cancel instead. The
+divergence check uses the cheap trace form at every step. The signed quantities (descent
+terms, ⟨S,D⟩_Σ) are generated trace forms.
+
+Feature basis (THEORY §1, :mod:`signaldrift._basis`): A is held in Σ's eigen-coordinates;
+only Adam's per-coordinate moments of A live in the feature coordinates, so its gradient is
+rotated to the features and its step back (``O(r·d·log d)`` for the random basis, nothing
+for the eigenbasis or for SGD, which is rotation-equivariant).
 """
 
 from __future__ import annotations
@@ -19,19 +33,18 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ._basis import BASIS_EIGEN, to_eigen, to_features
 from ._generated.factorised import (
     batch_grad_A,
     batch_grad_B,
     batch_residual,
-    curvature,
+    curvature_cross,
     descent,
-    drift_norm_sq,
+    descent_drift,
+    descent_signal,
     excess_loss,
     grad_A,
     grad_B,
-    grad_norm_sq,
-    signal_drift_inner,
-    signal_norm_sq,
 )
 
 #: Names of the per-step records, in the row order of the kernels' ``rec`` array.
@@ -62,18 +75,26 @@ OPT_SGD, OPT_ADAM, OPT_ADAMW = 0, 1, 2
 #: Kernel return status.
 STATUS_OK, STATUS_DIVERGED = 0, 1
 
+# Row indices of the records written below (RECORD_NAMES order).
+(_GRAD_NORM, _SIGNAL_NORM, _DRIFT_NORM, _DRIFT_RATIO, _PROGRESS, _DESCENT, _CURVATURE,
+ _UPDATE_NORM, _ADAPTER_NORM, _A_NORM, _B_NORM, _SUBSPACE, _DESCENT_SIGNAL, _DESCENT_DRIFT,
+ _CURV_SIGNAL, _CURV_CROSS, _CURV_DRIFT) = range(17)
+
 
 @njit(cache=True)
-def optimizer_update(p, g, buf, sq, t, lr, opt, momentum, nesterov, beta1, beta2, eps, wd):
+def optimizer_update(p, g, buf, sq, t, lr, opt, momentum, nesterov, beta1, beta2, eps, wd,
+                     code, pairs, cs, Q):
     """New value of parameter ``p`` after one step, with torch.optim's exact semantics.
 
     ``buf`` (SGD momentum buffer / Adam first moment) and ``sq`` (Adam second moment) are
     updated in place; ``t`` is the 0-based step index (Adam's step count is t + 1).
+    ``(code, pairs, cs, Q)`` is the feature basis of ``p``'s rows (:mod:`._basis`): ``p``
+    and ``g`` are in eigen-coordinates, Adam's moments in feature coordinates.
 
     - SGD: ``g ← g + wd·p``; with momentum μ: ``buf ← g`` at the first step, else
       ``buf ← μ·buf + g`` (no dampening); ``g ← g + μ·buf`` (Nesterov) or ``g ← buf``;
-      ``p ← p − lr·g``.
-    - Adam: ``g ← g + wd·p``; AdamW: ``p ← p·(1 − lr·wd)``. Then
+      ``p ← p − lr·g``. Rotation-equivariant, so it never rotates.
+    - Adam: ``g ← g + wd·p``; AdamW: ``p ← p·(1 − lr·wd)``. Then, in feature coordinates,
       ``m ← m + (1 − β₁)(g − m)``, ``v ← β₂v + (1 − β₂)g²``,
       ``p ← p − lr/(1 − β₁^{t+1}) · m / (√v / √(1 − β₂^{t+1}) + ε)``.
     """
@@ -94,18 +115,16 @@ def optimizer_update(p, g, buf, sq, t, lr, opt, momentum, nesterov, beta1, beta2
         p = p * (1.0 - lr * wd)
     elif wd != 0.0:
         g = g + wd * p
+    g = to_features(g, code, pairs, cs, Q)
     buf[...] = buf + (1.0 - beta1) * (g - buf)
     sq[...] = beta2 * sq + (1.0 - beta2) * g * g
     bc1 = 1.0 - beta1 ** (t + 1)
     bc2 = 1.0 - beta2 ** (t + 1)
     step_size = lr / bc1
     denom = np.sqrt(sq) / np.sqrt(bc2) + eps
-    return p - step_size * (buf / denom)
-
-
-@njit(cache=True)
-def _safe_sqrt(x):
-    return np.sqrt(x) if x > 0.0 else 0.0
+    if code == BASIS_EIGEN:
+        return p - step_size * (buf / denom)
+    return p - to_eigen(step_size * (buf / denom), code, pairs, cs, Q)
 
 
 @njit(cache=True)
@@ -116,38 +135,98 @@ def _ratio(num, den):
 
 
 @njit(cache=True)
-def lora_loss(s, A, B, lam, U, Sg, VtS, c_loss):
-    """Population excess loss L = ½tr(EΣEᵀ) at (A, B), factorised (THEORY §2)."""
-    ASAt = (A * lam) @ A.T
-    VSAt = VtS @ A.T
-    return excess_loss(s, B.T @ B, ASAt, U.T @ B, VSAt, Sg, c_loss)
+def _qr_r(X):
+    """R factor of the thin QR decomposition of X (backward stable, Householder)."""
+    return np.linalg.qr(X)[1]
+
+
+@njit(cache=True)
+def _fro(X):
+    return np.sqrt(np.sum(X * X))
+
+
+@njit(cache=True)
+def _columns(X, Y):
+    """[X, Y] (side by side)."""
+    out = np.empty((X.shape[0], X.shape[1] + Y.shape[1]))
+    out[:, :X.shape[1]] = X
+    out[:, X.shape[1]:] = Y
+    return out
+
+
+@njit(cache=True)
+def residual_factors(s, B, U, sig):
+    """R factor of ``F = [sB, −U·diag σ⋆]`` (m × (r+k)): ``E = F·[A; Vᵀ]``."""
+    return _qr_r(_columns(s * B, -(U * sig)))
+
+
+@njit(cache=True)
+def loss_and_grad_norm(RF, A, V, lam):
+    """Cancellation-free ``L = ½‖EΣ^½‖²`` and ``‖G‖ = ‖EΣ‖`` (THEORY §2) from
+    ``RF = residual_factors(...)``, with ``E = F·[A; Vᵀ]`` and thin QRs of
+    ``Σ^½[Aᵀ, V]`` and ``Σ[Aᵀ, V]``."""
+    H = _columns(A.T, V)
+    root = np.sqrt(lam)
+    Rh = _qr_r(H * root[:, None])
+    Rg = _qr_r(H * lam[:, None])
+    L = 0.5 * _fro(RF @ Rh.T) ** 2
+    return L, _fro(RF @ Rg.T)
+
+
+@njit(cache=True)
+def lora_loss(s, A, B, lam, U, sig, V):
+    """Population excess loss L = ½tr(EΣEᵀ) at (A, B) (THEORY §2), cancellation-free."""
+    return loss_and_grad_norm(residual_factors(s, B, U, sig), A, V, lam)[0]
+
+
+@njit(cache=True)
+def train_residual(s, A, B, U, Sg, Xtr, XVtr, Ntr):
+    """Residual ``R = X Eᵀ − N`` of a fixed training set (rows are samples, THEORY §2)."""
+    return batch_residual(s, B, Xtr @ A.T, U, Sg, XVtr, Ntr)
+
+
+@njit(cache=True)
+def lora_train_loss(s, A, B, U, Sg, Xtr, XVtr, Ntr):
+    """Empirical training loss ``(1/2N)·Σᵢ‖(sBA − Δ⋆)xᵢ − εᵢ‖²`` (THEORY §2 "Data")."""
+    R = train_residual(s, A, B, U, Sg, Xtr, XVtr, Ntr)
+    return 0.5 * np.sum(R * R) / Xtr.shape[0]
 
 
 @njit(cache=True)
 def lora_segment(t0, t1, A, B, bufA, bufB, sqA, sqB,
-                 s, lam, U, V, Sg, VtS, c_loss, c_grad,
-                 lrs, X, N, opt, momentum, nesterov, beta1, beta2, eps, wd,
-                 record_every, bound, loss, rec):
+                 s, lam, U, V, sig, Sg, VtS, c_loss,
+                 lrs, lr_ratio, X, N, Xtr, XVtr, Ntr,
+                 opt, momentum, nesterov, beta1, beta2, eps, eps_b, wd,
+                 code, pairs, cs, Q,
+                 record_every, bound, loss, train_loss, rec):
     """Advance LoRA (A, B) over steps [t0, t1) in place; record THEORY §3's terms.
 
     Args:
         t0, t1: global step range.
-        A, B: (r, d), (m, r) factors, updated in place.
-        bufA, bufB, sqA, sqB: optimiser state (see :func:`optimizer_update`).
-        s: scaling factor. lam: (d,) Σ's eigenvalues. U (m, k), V (d, k), Sg = diag(σ⋆),
-        VtS = VᵀΣ (k, d), c_loss = ‖Δ⋆Σ^½‖², c_grad = ‖Δ⋆Σ‖².
-        lrs: (steps,) learning rates. X (T, n, d), N (T, n, m): the minibatches of this
-        segment, X[t − t0] at step t; T = 0 for the population gradient.
-        opt…wd: optimiser settings. record_every, bound: recording stride, divergence bound.
-        loss, rec: output arrays (see module docstring).
+        A, B: (r, d) in Σ's eigen-coordinates, (m, r); updated in place.
+        bufA, bufB, sqA, sqB: optimiser state (see :func:`optimizer_update`); A's in
+            feature coordinates.
+        s: scaling factor. lam: (d,) Σ's eigenvalues. U (m, k), V (d, k), sig = σ⋆ (k,),
+        Sg = diag(σ⋆), VtS = VᵀΣ (k, d), c_loss = ‖Δ⋆Σ^½‖².
+        lrs: (steps,) learning rates of A; B's are ``lr_ratio·lrs`` (LoRA+).
+        X (T, n, d), N (T, n, m): the minibatches of this segment, X[t − t0] at step t
+            (fresh samples, or drawn from the training set); T = 0: full batch.
+        Xtr (N, d), XVtr = Xtr·V, Ntr (N, m): the fixed training set (N = 0: none). Full
+            batch with a training set uses all of it; without one, the population gradient.
+        opt…wd: optimiser settings (``eps_b``: Adam's ε for B).
+        code, pairs, cs, Q: the feature basis (:mod:`._basis`).
+        record_every, bound: recording stride, divergence bound.
+        loss, train_loss, rec: output arrays (see module docstring).
 
     Returns:
         (status, t): ``STATUS_OK`` and t1, or ``STATUS_DIVERGED`` and the step at which the
         loss was non-finite or above ``bound`` (the state is left at that step).
     """
-    population = X.shape[0] == 0
+    minibatch = X.shape[0] > 0
+    has_train = Xtr.shape[0] > 0
     r = A.shape[0]
     k = U.shape[1]
+    no_rot = np.zeros((0, 0))
     for t in range(t0, t1):
         AS = A * lam
         ASAt = AS @ A.T
@@ -157,60 +236,87 @@ def lora_segment(t0, t1, A, B, bufA, bufB, sqA, sqB,
         L = excess_loss(s, BtB, ASAt, UtB, VSAt, Sg, c_loss)
         record = t % record_every == 0
         i = t // record_every
-        if record:
-            loss[i] = L
         if not (np.isfinite(L) and L <= bound):
+            if record:
+                loss[i] = L
             return STATUS_DIVERGED, t
-        if population:
-            gB = grad_B(s, B, U, Sg, ASAt, VSAt)
-            gA = grad_A(s, BtB, UtB, Sg, AS, VtS)
-        else:
+        R_train = np.zeros((0, 0))
+        if minibatch:
             Xb = X[t - t0]
             n = Xb.shape[0]
             XA = Xb @ A.T
             R = batch_residual(s, B, XA, U, Sg, Xb @ V, N[t - t0])
             gB = batch_grad_B(s, n, R, XA)
             gA = batch_grad_A(s, n, R, B, Xb)
+        elif has_train:
+            n = Xtr.shape[0]
+            XA = Xtr @ A.T
+            R_train = batch_residual(s, B, XA, U, Sg, XVtr, Ntr)
+            gB = batch_grad_B(s, n, R_train, XA)
+            gA = batch_grad_A(s, n, R_train, B, Xtr)
+        else:
+            gB = grad_B(s, B, U, Sg, ASAt, VSAt)
+            gA = grad_A(s, BtB, UtB, Sg, AS, VtS)
         lr = lrs[t]
         A1 = optimizer_update(A, gA, bufA, sqA, t, lr, opt, momentum, nesterov,
-                              beta1, beta2, eps, wd)
-        B1 = optimizer_update(B, gB, bufB, sqB, t, lr, opt, momentum, nesterov,
-                              beta1, beta2, eps, wd)
+                              beta1, beta2, eps, wd, code, pairs, cs, Q)
+        B1 = optimizer_update(B, gB, bufB, sqB, t, lr_ratio * lr, opt, momentum, nesterov,
+                              beta1, beta2, eps_b, wd, BASIS_EIGEN, pairs, cs, no_rot)
         if record:
+            RF = residual_factors(s, B, U, sig)
+            L_rec, gn = loss_and_grad_norm(RF, A, V, lam)
+            loss[i] = L_rec
+            if has_train:
+                if R_train.shape[0] == 0:
+                    R_train = train_residual(s, A, B, U, Sg, Xtr, XVtr, Ntr)
+                train_loss[i] = 0.5 * np.sum(R_train * R_train) / Xtr.shape[0]
             dA = A1 - A
             dB = B1 - B
-            AAt = A @ A.T
-            dAAt = dA @ A.T
-            dAdAt = dA @ dA.T
-            dBtdB = dB.T @ dB
+            # S = s(ΔB·A + B·ΔA), D = sΔB·ΔA, ΔW = S + D = s(ΔB·A₁ + B·ΔA): products of the
+            # thin factors [ΔB, B] and [Aᵀ, ΔAᵀ] (Σ^½-weighted for the curvature terms).
+            R2 = _qr_r(_columns(dB, B))
+            Aside = _columns(A.T, dA.T)
+            R3 = _qr_r(Aside)
+            R4 = _qr_r(Aside * np.sqrt(lam)[:, None])
+            R2a, R2b = R2[:, :r], R2[:, r:]
+            R3a, R3b = R3[:, :r], R3[:, r:]
+            R4a, R4b = R4[:, :r], R4[:, r:]
+            sn = s * _fro(R2a @ R3a.T + R2b @ R3b.T)
+            dn = s * _fro(R2a @ R3b.T)
+            un = s * _fro(R2a @ (R3a + R3b).T + R2b @ R3b.T)
+            kap_s = 0.5 * (s * _fro(R2a @ R4a.T + R2b @ R4b.T)) ** 2
+            kap_d = 0.5 * (s * _fro(R2a @ R4b.T)) ** 2
+            kap = 0.5 * (s * _fro(R2a @ (R4a + R4b).T + R2b @ R4b.T)) ** 2
             dBtB = dB.T @ B
             dBtU = dB.T @ U
             ASdAt = AS @ dA.T
             dASdAt = (dA * lam) @ dA.T
             VSdAt = VtS @ dA.T
-            sig2 = signal_norm_sq(s, dBtdB, AAt, dBtB, dAAt, BtB, dAdAt)
-            dr2 = drift_norm_sq(s, dBtdB, dAdAt)
-            sd = signal_drift_inner(s, dBtdB, dAAt, dBtB, dAdAt)
-            g2 = grad_norm_sq(s, BtB, AS @ AS.T, UtB, VtS @ AS.T, Sg, c_grad)
+            dBtdB = dB.T @ dB
+            des_s = descent_signal(s, dBtB, dBtU, BtB, UtB, Sg, ASAt, VSAt, ASdAt, VSdAt)
+            des_d = descent_drift(s, dBtB, dBtU, BtB, UtB, Sg, ASAt, VSAt, ASdAt, VSdAt)
             des = descent(s, dBtB, dBtU, BtB, UtB, Sg, ASAt, VSAt, ASdAt, VSdAt)
-            kap = curvature(s, dBtdB, dBtB, BtB, ASAt, ASdAt, dASdAt)
-            sn = _safe_sqrt(sig2)
-            dn = _safe_sqrt(dr2)
-            gn = _safe_sqrt(g2)
+            kap_x = curvature_cross(s, dBtdB, dBtB, BtB, ASAt, ASdAt, dASdAt)
             AV = A @ V
+            AAt = A @ A.T
             overlap = np.trace(np.linalg.pinv(AAt) @ (AV @ AV.T)) / min(r, k)
-            rec[0, i] = gn
-            rec[1, i] = sn
-            rec[2, i] = dn
-            rec[3, i] = _ratio(dn, sn)
-            rec[4, i] = -des / gn if gn > 0.0 else 0.0
-            rec[5, i] = des
-            rec[6, i] = kap
-            rec[7, i] = _safe_sqrt(sig2 + 2.0 * sd + dr2)
-            rec[8, i] = s * _safe_sqrt(np.trace(BtB @ AAt))
-            rec[9, i] = _safe_sqrt(np.trace(AAt))
-            rec[10, i] = _safe_sqrt(np.trace(BtB))
-            rec[11, i] = overlap
+            rec[_GRAD_NORM, i] = gn
+            rec[_SIGNAL_NORM, i] = sn
+            rec[_DRIFT_NORM, i] = dn
+            rec[_DRIFT_RATIO, i] = _ratio(dn, sn)
+            rec[_PROGRESS, i] = -des / gn if gn > 0.0 else 0.0
+            rec[_DESCENT, i] = des
+            rec[_CURVATURE, i] = kap
+            rec[_UPDATE_NORM, i] = un
+            rec[_ADAPTER_NORM, i] = s * _fro(R2b @ R3a.T)
+            rec[_A_NORM, i] = _fro(A)
+            rec[_B_NORM, i] = _fro(B)
+            rec[_SUBSPACE, i] = overlap
+            rec[_DESCENT_SIGNAL, i] = des_s
+            rec[_DESCENT_DRIFT, i] = des_d
+            rec[_CURV_SIGNAL, i] = kap_s
+            rec[_CURV_CROSS, i] = kap_x
+            rec[_CURV_DRIFT, i] = kap_d
         A[...] = A1
         B[...] = B1
     return STATUS_OK, t1
@@ -218,23 +324,31 @@ def lora_segment(t0, t1, A, B, bufA, bufB, sqA, sqB,
 
 @njit(cache=True)
 def full_loss(Delta, Dstar, lam):
-    """Excess loss ½‖(Δ − Δ⋆)Σ^½‖² of full fine-tuning (dense)."""
+    """Excess loss ½‖(Δ − Δ⋆)Σ^½‖² of full fine-tuning (dense, eigen-coordinates)."""
     E = Delta - Dstar
     return 0.5 * np.sum(E * E * lam)
 
 
 @njit(cache=True)
-def full_segment(t0, t1, Delta, buf, sq, Dstar, lam, V,
-                 lrs, X, N, opt, momentum, nesterov, beta1, beta2, eps, wd,
-                 record_every, bound, loss, rec):
+def full_train_loss(Delta, Dstar, Xtr, Ntr):
+    """Empirical training loss of full fine-tuning, (1/2N)‖X Eᵀ − N‖²."""
+    R = Xtr @ (Delta - Dstar).T - Ntr
+    return 0.5 * np.sum(R * R) / Xtr.shape[0]
+
+
+@njit(cache=True)
+def full_segment(t0, t1, Delta, buf, sq, Dstar, lam,
+                 lrs, X, N, Xtr, Ntr, opt, momentum, nesterov, beta1, beta2, eps, wd,
+                 code, pairs, cs, Q, record_every, bound, loss, train_loss, rec):
     """Advance full fine-tuning (W = W₀ + Δ, THEORY §2 baseline) over [t0, t1), dense.
 
-    The update is all signal: S = ΔW, D = 0, ρ = 0. ``adapter_norm`` is ‖Δ‖; ``A_norm``,
+    Δ and Δ⋆ are (m, d) in Σ's eigen-coordinates (Adam's moments in the features). The
+    update is all signal: S = ΔW, D = 0, ρ = 0. ``adapter_norm`` is ‖Δ‖; ``A_norm``,
     ``B_norm`` and ``subspace_overlap`` (adapter quantities) are NaN. Arguments and return
-    value as :func:`lora_segment` (``Dstar`` is the dense Δ⋆, V is unused but kept for a
-    uniform call).
+    value as :func:`lora_segment`.
     """
-    population = X.shape[0] == 0
+    minibatch = X.shape[0] > 0
+    has_train = Xtr.shape[0] > 0
     for t in range(t0, t1):
         E = Delta - Dstar
         G = E * lam
@@ -245,31 +359,44 @@ def full_segment(t0, t1, Delta, buf, sq, Dstar, lam, V,
             loss[i] = L
         if not (np.isfinite(L) and L <= bound):
             return STATUS_DIVERGED, t
-        if population:
-            g = G
-        else:
+        R_train = np.zeros((0, 0))
+        if minibatch:
             Xb = X[t - t0]
-            n = Xb.shape[0]
             R = Xb @ E.T - N[t - t0]
-            g = (R.T @ Xb) / n
+            g = (R.T @ Xb) / Xb.shape[0]
+        elif has_train:
+            R_train = Xtr @ E.T - Ntr
+            g = (R_train.T @ Xtr) / Xtr.shape[0]
+        else:
+            g = G
         D1 = optimizer_update(Delta, g, buf, sq, t, lrs[t], opt, momentum, nesterov,
-                              beta1, beta2, eps, wd)
+                              beta1, beta2, eps, wd, code, pairs, cs, Q)
         if record:
+            if has_train:
+                if R_train.shape[0] == 0:
+                    R_train = Xtr @ E.T - Ntr
+                train_loss[i] = 0.5 * np.sum(R_train * R_train) / Xtr.shape[0]
             dW = D1 - Delta
             gn = np.sqrt(np.sum(G * G))
             des = np.sum(dW * G)
             un = np.sqrt(np.sum(dW * dW))
-            rec[0, i] = gn
-            rec[1, i] = un
-            rec[2, i] = 0.0
-            rec[3, i] = 0.0
-            rec[4, i] = -des / gn if gn > 0.0 else 0.0
-            rec[5, i] = des
-            rec[6, i] = 0.5 * np.sum(dW * dW * lam)
-            rec[7, i] = un
-            rec[8, i] = np.sqrt(np.sum(Delta * Delta))
-            rec[9, i] = np.nan
-            rec[10, i] = np.nan
-            rec[11, i] = np.nan
+            kap = 0.5 * np.sum(dW * dW * lam)
+            rec[_GRAD_NORM, i] = gn
+            rec[_SIGNAL_NORM, i] = un
+            rec[_DRIFT_NORM, i] = 0.0
+            rec[_DRIFT_RATIO, i] = 0.0
+            rec[_PROGRESS, i] = -des / gn if gn > 0.0 else 0.0
+            rec[_DESCENT, i] = des
+            rec[_CURVATURE, i] = kap
+            rec[_UPDATE_NORM, i] = un
+            rec[_ADAPTER_NORM, i] = np.sqrt(np.sum(Delta * Delta))
+            rec[_A_NORM, i] = np.nan
+            rec[_B_NORM, i] = np.nan
+            rec[_SUBSPACE, i] = np.nan
+            rec[_DESCENT_SIGNAL, i] = des
+            rec[_DESCENT_DRIFT, i] = 0.0
+            rec[_CURV_SIGNAL, i] = kap
+            rec[_CURV_CROSS, i] = 0.0
+            rec[_CURV_DRIFT, i] = 0.0
         Delta[...] = D1
     return STATUS_OK, t1

@@ -1,4 +1,4 @@
-"""The minibatch sample stream (THEORY.md §1–§2).
+"""The minibatch sample stream and the fixed training set (THEORY.md §1–§2).
 
 Samples are drawn from two independent seeded streams, inputs and label noise, so the
 stream does not depend on how the steps are chunked: drawing steps [0, t₁) then [t₁, t₂)
@@ -15,7 +15,7 @@ import numpy as np
 from ._config import SimConfig
 from ._seeding import rng_for
 
-__all__ = ["SampleStream"]
+__all__ = ["SampleStream", "EpochStream", "draw_training_set"]
 
 
 class SampleStream:
@@ -57,3 +57,47 @@ class SampleStream:
             c = min(chunk, total - done)
             yield self.draw(c)
             done += c
+
+
+def draw_training_set(config: SimConfig, lam: np.ndarray) -> dict[str, np.ndarray]:
+    """The fixed training set of THEORY §2 "Data": ``train_size`` samples, seeded.
+
+    Inputs in Σ's eigen-coordinates, ``X = Z Λ^½`` (Z iid N(0, 1), stream
+    ``"train-inputs"``), label noise ``σ·Ξ`` (stream ``"train-noise"``); the feature-basis
+    inputs are ``X Qᵀ``. Returns ``{"X": (N, d), "noise": (N, m)}``.
+    """
+    N, d, m = config.train_size, config.d, config.m
+    X = rng_for(config.seed, "train-inputs").standard_normal((N, d))
+    X *= np.sqrt(np.asarray(lam, dtype=np.float64))[None, :]
+    noise = np.zeros((N, m))
+    if config.noise > 0.0:
+        noise = float(config.noise) * rng_for(config.seed, "train-noise").standard_normal((N, m))
+    return {"X": X, "noise": noise}
+
+
+class EpochStream:
+    """Minibatch indices into a fixed training set: seeded epochs (THEORY §2 "Data").
+
+    Each epoch is a random permutation of 0..N−1 (stream ``"epochs"``); the epochs are
+    concatenated and step t takes the next n indices, so every sample is seen once per
+    epoch and, when n does not divide N, a minibatch may straddle two epochs. Drawing is
+    chunk-independent, like :class:`SampleStream`.
+    """
+
+    def __init__(self, config: SimConfig) -> None:
+        self.N, self.n = config.train_size, config.batch
+        self._rng = rng_for(config.seed, "epochs")
+        self._buffer = np.zeros(0, dtype=np.int64)
+
+    def draw(self, steps: int) -> np.ndarray:
+        """Indices of the next ``steps`` minibatches, (steps, n) int64."""
+        need = steps * self.n
+        parts = [self._buffer]
+        have = self._buffer.size
+        while have < need:
+            perm = self._rng.permutation(self.N).astype(np.int64)
+            parts.append(perm)
+            have += perm.size
+        flat = np.concatenate(parts)
+        self._buffer = flat[need:]
+        return flat[:need].reshape(steps, self.n)

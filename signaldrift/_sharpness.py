@@ -5,6 +5,10 @@ direction ``(T_A, T_B)`` through the generated Hessian-vector product
 (:func:`signaldrift._generated.factorised.hvp_A`, ``hvp_B``), which needs only r×r, k×r
 Gram matrices and thin products: one product costs ``O((m + d)·r·(r + k))`` and no m×d
 matrix is formed. θ is flattened as ``(A.ravel(), B.ravel())`` (row-major), n = r·d + m·r.
+
+A is in the feature basis (THEORY §1); the products rotate it to Σ's eigen-coordinates and
+back (:mod:`signaldrift._basis`). λ_max(H) does not depend on the basis (the change of
+variables is orthogonal); Adam's preconditioned sharpness does, through P.
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ def hessian_operator(task: Task, scale: float, A: np.ndarray, B: np.ndarray, *,
         A ``scipy.sparse.linalg.LinearOperator`` of shape (n, n), n = r·d + m·r.
     """
     s = float(scale)
-    A = np.ascontiguousarray(A, dtype=np.float64)
+    basis = task.basis
+    A = basis.to_eigen(np.ascontiguousarray(A, dtype=np.float64))
     B = np.ascontiguousarray(B, dtype=np.float64)
     r, d = A.shape
     m = B.shape[0]
@@ -63,10 +68,10 @@ def hessian_operator(task: Task, scale: float, A: np.ndarray, B: np.ndarray, *,
         x = np.asarray(x, dtype=np.float64).ravel()
         if scale_vec is not None:
             x = x * scale_vec
-        tA = np.ascontiguousarray(x[:nA].reshape(r, d))
+        tA = basis.to_eigen(x[:nA].reshape(r, d))
         tB = np.ascontiguousarray(x[nA:].reshape(m, r))
         hB = hvp_B(s, tB, B, U, Sg, ASAt, AS @ tA.T, VtS @ tA.T)
-        hA = hvp_A(s, B.T @ tB, BtB, AS, tA * lam, tB.T @ U, Sg, VtS)
+        hA = basis.to_features(hvp_A(s, B.T @ tB, BtB, AS, tA * lam, tB.T @ U, Sg, VtS))
         y = np.concatenate([hA.ravel(), hB.ravel()])
         return y * scale_vec if scale_vec is not None else y
 
@@ -110,12 +115,13 @@ def sharpness_at_init(task: Task, scale: float, A: np.ndarray) -> float:
         λ_max = (s²μ + √(s⁴μ² + 4s²g²)) / 2,  μ = λ_max(AΣAᵀ),  g = σ_max(Δ⋆Σ).
 
     Args:
-        task: the task. scale: s. A: (r, d) factor.
+        task: the task. scale: s. A: (r, d) factor (feature basis).
 
     Returns:
         λ_max as a float.
     """
     s = float(scale)
+    A = task.basis.to_eigen(A)
     mu = np.linalg.eigvalsh((A * task.lam) @ A.T)[-1]
     # σ(U diag(σ⋆) VᵀΣ) = σ(R diag(σ⋆) VᵀΣ) with U = QR; its k×k Gram holds VᵀΣ²V.
     R = np.linalg.qr(task.U, mode="r")
@@ -130,17 +136,26 @@ def dense_hessian(task: Task, scale: float, A: np.ndarray, B: np.ndarray) -> np.
 
     ``H[T_A, T_B] = s²‖(T_B A + B T_A)Σ^½‖² + 2s⟨T_B T_A, G⟩``, G = EΣ: ``s²JᵀJ`` with J the
     Jacobian of ``θ ↦ (T_B A + B T_A)Σ^½``, plus the cross block ``H[A_aj, B_ia] = s·G_ij``.
-    Forms m×d and (m·d)×n matrices: for tests on tiny sizes only.
+    Forms m×d and (m·d)×n matrices: for tests on tiny sizes only. A is in the feature
+    basis and so is the A-block of the returned matrix.
     """
     s = float(scale)
     r, d = A.shape
     m = B.shape[0]
+    if task.basis.kind != "eigen":
+        # H in features = M H_eig Mᵀ, M = blockdiag(I_r ⊗ Q, I): vec(A) = (I_r ⊗ Q) vec(Ã).
+        Q = task.basis.matrix()
+        H_eig = dense_hessian(Task(lam=task.lam, U=task.U, sigma_star=task.sigma_star,
+                                   V=task.V, noise=task.noise), s, task.basis.to_eigen(A), B)
+        M = np.eye(r * d + m * r)
+        M[: r * d, : r * d] = np.kron(np.eye(r), Q)
+        return M @ H_eig @ M.T
     root = np.sqrt(task.lam)
     JA = np.einsum("ia,jk,j->ijak", B, np.eye(d), root).reshape(m * d, r * d)
     JB = np.einsum("ik,aj,j->ijka", np.eye(m), A, root).reshape(m * d, m * r)
     J = np.hstack([JA, JB])
     H = s**2 * (J.T @ J)
-    G = (s * B @ A - task.delta_star()) * task.lam
+    G = (s * B @ A - task.delta_star(features=False)) * task.lam
     cross = s * np.einsum("ij,ab->ajib", G, np.eye(r)).reshape(r * d, m * r)
     H[: r * d, r * d:] += cross
     H[r * d:, : r * d] += cross.T

@@ -150,6 +150,35 @@ def curvature(s, dBtdB, dBtB, BtB, ASAt, ASdAt, dASdAt):
 
 
 @njit(cache=True)
+def descent_signal(s, dBtB, dBtU, BtB, UtB, Sg, ASAt, VSAt, ASdAt, VSdAt):
+    """⟨G, S⟩, the signal's part of the descent (THEORY §3 split)."""
+    return (
+        s**2*numpy.trace(ASAt @ dBtB)
+        + s**2*numpy.trace(ASdAt @ BtB)
+        - s*numpy.trace(Sg @ UtB @ VSdAt.T)
+        - s*numpy.trace(Sg @ VSAt @ dBtU)
+    )
+
+
+@njit(cache=True)
+def descent_drift(s, dBtB, dBtU, BtB, UtB, Sg, ASAt, VSAt, ASdAt, VSdAt):
+    """⟨G, D⟩, the drift's part of the descent (THEORY §3 split)."""
+    return (
+        s**2*numpy.trace(ASdAt @ dBtB)
+        - s*numpy.trace(Sg @ VSdAt @ dBtU)
+    )
+
+
+@njit(cache=True)
+def curvature_cross(s, dBtdB, dBtB, BtB, ASAt, ASdAt, dASdAt):
+    """⟨S, D⟩_Σ = tr(SΣDᵀ) (THEORY §3 split)."""
+    return (
+        s**2*numpy.trace(ASdAt @ dBtdB)
+        + s**2*numpy.trace(dASdAt @ dBtB)
+    )
+
+
+@njit(cache=True)
 def hvp_B(s, tB, B, U, Sg, ASAt, AStAt, VStAt):
     """B part of the Hessian-vector product H·(tA, tB) (THEORY §4)."""
     return (
