@@ -155,6 +155,21 @@ def _columns(X, Y):
 
 
 @njit(cache=True)
+def _subspace_overlap(A, V):
+    """‖Q_Aᵀ V‖², Q_A an orthonormal basis of A's row space (from the SVD, so that a
+    rank-deficient A, e.g. ``gaussian-b``'s A₀ = 0, is handled): the sum of cos² of the
+    principal angles between A's rows and the task's V."""
+    Ua, sv, _ = np.linalg.svd(A.T, full_matrices=False)
+    top = sv.max() if sv.size else 0.0
+    out = 0.0
+    for j in range(sv.size):
+        if sv[j] > 1e-12 * top and top > 0.0:
+            c = Ua[:, j] @ V
+            out += np.sum(c * c)
+    return out
+
+
+@njit(cache=True)
 def residual_factors(s, B, U, sig):
     """R factor of ``F = [sB, −U·diag σ⋆]`` (m × (r+k)): ``E = F·[A; Vᵀ]``."""
     return _qr_r(_columns(s * B, -(U * sig)))
@@ -297,9 +312,7 @@ def lora_segment(t0, t1, A, B, bufA, bufB, sqA, sqB,
             des_d = descent_drift(s, dBtB, dBtU, BtB, UtB, Sg, ASAt, VSAt, ASdAt, VSdAt)
             des = descent(s, dBtB, dBtU, BtB, UtB, Sg, ASAt, VSAt, ASdAt, VSdAt)
             kap_x = curvature_cross(s, dBtdB, dBtB, BtB, ASAt, ASdAt, dASdAt)
-            AV = A @ V
-            AAt = A @ A.T
-            overlap = np.trace(np.linalg.pinv(AAt) @ (AV @ AV.T)) / min(r, k)
+            overlap = _subspace_overlap(A, V) / min(r, k)
             rec[_GRAD_NORM, i] = gn
             rec[_SIGNAL_NORM, i] = sn
             rec[_DRIFT_NORM, i] = dn

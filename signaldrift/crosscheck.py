@@ -141,7 +141,11 @@ def _modules(torch: Any) -> tuple[type, type]:
 
 
 def _make_optimizer(params: list[Any], config: SimConfig) -> Any:
-    """The ``torch.optim`` optimiser of ``config`` (THEORY §2; CONTRACTS: torch semantics)."""
+    """The ``torch.optim`` optimiser of ``config`` (THEORY §2; CONTRACTS: torch semantics).
+
+    ``params`` is a list of parameters or of param-group dicts; a group's ``lr_ratio``
+    (LoRA+: B's group) multiplies the scheduled learning rate in :func:`_train`.
+    """
     torch = _torch()
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
@@ -152,7 +156,7 @@ def _make_optimizer(params: list[Any], config: SimConfig) -> Any:
 
 
 def _train(config: SimConfig, model: Any, residual: Any, *, dtype: Any, device: Any,
-           task_lam: np.ndarray) -> dict[str, Any]:
+           task: Any, params: list[Any] | None = None) -> dict[str, Any]:
     """The training loop shared by :func:`run_torch` and :func:`peft_trajectory`.
 
     ``residual(X, N)`` returns the minibatch residual ``R = X Eᵀ − N`` (n, m), and
@@ -165,8 +169,10 @@ def _train(config: SimConfig, model: Any, residual: Any, *, dtype: Any, device: 
     torch = _torch()
     T = config.steps
     lrs = learning_rates(config)
-    opt = _make_optimizer([p for p in model.parameters() if p.requires_grad], config)
-    stream = SampleStream(config, task_lam) if config.batch > 0 else None
+    if params is None:
+        params = [p for p in model.parameters() if p.requires_grad]
+    opt = _make_optimizer(params, config)
+    stream = SampleStream(config, task.lam) if config.batch > 0 else None
     chunks = stream.chunks(T, 256) if stream is not None else None
     Xc = Nc = None
     pos = 0
@@ -188,6 +194,8 @@ def _train(config: SimConfig, model: Any, residual: Any, *, dtype: Any, device: 
         else:
             if Xc is None or pos == Xc.shape[0]:
                 Xn, Nn = next(chunks)
+                # the stream draws Σ's eigen-coordinates; the model sees the features
+                Xn = task.basis.to_features(Xn.reshape(-1, config.d)).reshape(Xn.shape)
                 Xc = torch.as_tensor(Xn, dtype=dtype, device=device)
                 Nc = torch.as_tensor(Nn, dtype=dtype, device=device)
                 pos = 0
@@ -196,7 +204,7 @@ def _train(config: SimConfig, model: Any, residual: Any, *, dtype: Any, device: 
             batch_loss = (0.5 / config.batch) * torch.sum(R * R)
         batch_loss.backward()
         for group in opt.param_groups:
-            group["lr"] = float(lrs[t])
+            group["lr"] = float(lrs[t]) * group.get("lr_ratio", 1.0)
         opt.step()
     return {"loss": loss, "diverged": diverged_step >= 0, "diverged_step": diverged_step}
 
@@ -231,23 +239,28 @@ def run_torch(config: SimConfig, *, device: str | None = None) -> dict[str, Any]
     f64 = torch.float64
     LoRA, Full = _modules(torch)
     task = make_task(config)
-    dstar = torch.as_tensor(task.delta_star(), dtype=f64, device=dev)
-    sqrt_lam = torch.as_tensor(np.sqrt(task.lam), dtype=f64, device=dev)
+    dstar = torch.as_tensor(task.delta_star(), dtype=f64, device=dev)  # feature basis
+    sqrt_sigma = torch.as_tensor(task.sigma_matrix(0.5), dtype=f64, device=dev)
     s = scale_factor(config)
+    params = None
     if config.model == "full":
         model = Full(config.m, config.d, dtype=f64, device=dev)
     else:
-        A0, B0 = init_adapter(config)
+        A0, B0 = init_adapter(config, task)
         model = LoRA(torch.as_tensor(A0, dtype=f64, device=dev),
                      torch.as_tensor(B0, dtype=f64, device=dev), s)
+        # LoRA+ (η_B = λ·η) and Adam's ε for B as a second param group
+        params = [{"params": [model.A]},
+                  {"params": [model.B], "lr_ratio": float(config.loraplus_lr_ratio),
+                   **({"eps": config.effective_eps_b} if config.optimizer != "sgd" else {})}]
 
     def residual(X: Any, N: Any) -> Any:
         E = model() - dstar
         if X is None:
-            return sqrt_lam[:, None] * E.T  # Σ^½ Eᵀ: ½‖·‖² = ½ tr(E Σ Eᵀ)
+            return sqrt_sigma @ E.T  # Σ^½ Eᵀ: ½‖·‖² = ½ tr(E Σ Eᵀ)
         return X @ E.T - N
 
-    out = _train(config, model, residual, dtype=f64, device=dev, task_lam=task.lam)
+    out = _train(config, model, residual, dtype=f64, device=dev, task=task, params=params)
     if config.model == "full":
         out["A"] = np.zeros((0, config.d))
         out["B"] = np.zeros((config.m, 0))
@@ -551,13 +564,14 @@ def peft_trajectory(config: SimConfig, *, w0: np.ndarray | None = None,
         raise ConfigError(f"w0: must have shape (m, d) = ({m}, {d}), got {W0.shape}")
     model, layer = _peft_model(d, m, config.rank, config.alpha, config.rule == "rslora")
     model = model.to(device=dev, dtype=f64)
-    A0, B0 = init_adapter(config)
+    A0, B0 = init_adapter(config, task)
     with torch.no_grad():
         layer.get_base_layer().weight.copy_(torch.as_tensor(W0, dtype=f64))
         layer.lora_A["default"].weight.copy_(torch.as_tensor(A0, dtype=f64))
         layer.lora_B["default"].weight.copy_(torch.as_tensor(B0, dtype=f64))
     wstar = torch.as_tensor(W0 + task.delta_star(), dtype=f64, device=dev)
-    basis = torch.diag(torch.as_tensor(np.sqrt(task.lam), dtype=f64, device=dev))
+    # rows of Σ^½ (feature basis) as inputs: ½‖f(Σ^½) − Σ^½W⋆ᵀ‖² = ½tr(EΣEᵀ)
+    basis = torch.as_tensor(task.sigma_matrix(0.5), dtype=f64, device=dev)
     pop_target = basis @ wstar.T
 
     def residual(X: Any, N: Any) -> Any:
@@ -565,7 +579,7 @@ def peft_trajectory(config: SimConfig, *, w0: np.ndarray | None = None,
             return model(basis) - pop_target
         return model(X) - (X @ wstar.T + N)
 
-    out = _train(config, model, residual, dtype=f64, device=dev, task_lam=task.lam)
+    out = _train(config, model, residual, dtype=f64, device=dev, task=task)
     out["A"] = layer.lora_A["default"].weight.detach().cpu().numpy().copy()
     out["B"] = layer.lora_B["default"].weight.detach().cpu().numpy().copy()
     out["Delta"] = None

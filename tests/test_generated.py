@@ -16,7 +16,8 @@ from signaldrift._sharpness import dense_hessian
 
 CONTRACT = ("excess_loss", "grad_norm_sq", "grad_B", "grad_A", "batch_residual",
             "batch_grad_B", "batch_grad_A", "signal_norm_sq", "drift_norm_sq",
-            "signal_drift_inner", "descent", "curvature", "hvp_B", "hvp_A")
+            "signal_drift_inner", "descent", "curvature", "descent_signal", "descent_drift",
+            "curvature_cross", "hvp_B", "hvp_A")
 KERNELS = {k.name: k for k in factorised.kernels()}
 
 
@@ -71,7 +72,8 @@ def test_kernel_matches_lambdify(name, seed):
 @pytest.fixture(scope="module")
 def state():
     """A task, factors, an optimiser step, a direction and a minibatch (seeded)."""
-    cfg = SimConfig(d=11, m=7, task_rank=3, rank=2, spectrum=1.0, seed=4)
+    # eigenbasis: the kernels take Σ = diag(λ) (their own coordinates)
+    cfg = SimConfig(d=11, m=7, task_rank=3, rank=2, spectrum=1.0, seed=4, basis="eigen")
     task = signaldrift.make_task(cfg)
     rng = np.random.default_rng(5)
     A = rng.standard_normal((2, 11))
@@ -117,6 +119,8 @@ def _dense(st):
         "signal_norm_sq": np.sum(S**2), "drift_norm_sq": np.sum(D**2),
         "signal_drift_inner": np.sum(S * D), "descent": np.sum(G * dW),
         "curvature": 0.5 * np.sum(dW**2 * lam),
+        "descent_signal": np.sum(G * S), "descent_drift": np.sum(G * D),
+        "curvature_cross": np.sum(S * D * lam),
         "hvp_A": hv[: A.size].reshape(A.shape), "hvp_B": hv[A.size:].reshape(B.shape),
     }
 

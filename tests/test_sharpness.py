@@ -10,7 +10,9 @@ from signaldrift._sharpness import (dense_hessian, hessian_operator, sharpness,
 
 
 def _setup(*, d, m, k, r, spectrum=0.0, init="peft", seed=0, b_scale=0.0):
-    cfg = SimConfig(d=d, m=m, task_rank=k, rank=r, spectrum=spectrum, init=init, seed=seed)
+    # eigenbasis: the dense checks below take Σ = diag(λ)
+    cfg = SimConfig(d=d, m=m, task_rank=k, rank=r, spectrum=spectrum, init=init, seed=seed,
+                    basis="eigen")
     task = signaldrift.make_task(cfg)
     A, B = signaldrift.init_adapter(cfg)
     B = B + b_scale * np.random.default_rng(seed + 100).standard_normal(B.shape)
