@@ -303,6 +303,9 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 
+_SECOND_ORDER = ("descent_drift", "curvature_cross", "curvature_drift")
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     d=st.integers(2, 12), m=st.integers(2, 12), k_frac=st.floats(0.0, 1.0),
@@ -323,4 +326,11 @@ def test_kernels_match_reference_on_random_settings(d, m, k_frac, r_frac, batch,
         a, b = fast.records[name], ref.records[name]
         ok = np.isfinite(b)
         assert np.array_equal(ok, np.isfinite(a)), name
+        if name in _SECOND_ORDER:
+            # second-order split terms can be ~1e-10 of the step's first-order terms
+            # (e.g. ⟨S,D⟩_Σ at t ≈ 0); their rounding is relative to the descent's scale.
+            scale = max(np.max(np.abs(b[ok]), initial=0.0),
+                        np.max(np.abs(ref.records["descent"][ok]), initial=0.0))
+            assert np.max(np.abs(a[ok] - b[ok]), initial=0.0) <= 1e-10 * scale, name
+            continue
         assert _rel_dev(a[ok], b[ok]) <= 1e-10, name
