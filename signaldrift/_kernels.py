@@ -33,7 +33,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from numba import prange
+
 from ._basis import BASIS_EIGEN, to_eigen, to_features
+from ._rng import epoch_indices
+from ._rng import minibatch as minibatch_sample
 from ._generated.factorised import (
     batch_grad_A,
     batch_grad_B,
@@ -208,13 +212,14 @@ def lora_train_loss(s, A, B, U, Sg, Xtr, XVtr, Ntr):
 
 
 @njit(cache=True)
-def lora_segment(t0, t1, A, B, bufA, bufB, sqA, sqB,
-                 s, lam, U, V, sig, Sg, VtS, c_loss,
-                 lrs, lr_ratio, X, N, Xtr, XVtr, Ntr,
-                 opt, momentum, nesterov, beta1, beta2, eps, eps_b, wd,
-                 code, pairs, cs, Q,
-                 record_every, bound, loss, train_loss, rec):
-    """Advance LoRA (A, B) over steps [t0, t1) in place; record THEORY §3's terms.
+def lora_run(t0, t1, A, B, bufA, bufB, sqA, sqB,
+             s, lam, U, V, sig, Sg, VtS, c_loss,
+             lrs, lr_ratio, n, key_x, key_e, noise, Xtr, XVtr, Ntr, key_ep,
+             opt, momentum, nesterov, beta1, beta2, eps, eps_b, wd,
+             code, pairs, cs, Q,
+             record_every, bound, loss, train_loss, rec):
+    """Advance one configuration's LoRA (A, B) over steps [t0, t1) in place; record
+    THEORY §3's terms.
 
     Args:
         t0, t1: global step range.
@@ -224,10 +229,12 @@ def lora_segment(t0, t1, A, B, bufA, bufB, sqA, sqB,
         s: scaling factor. lam: (d,) Σ's eigenvalues. U (m, k), V (d, k), sig = σ⋆ (k,),
         Sg = diag(σ⋆), VtS = VᵀΣ (k, d), c_loss = ‖Δ⋆Σ^½‖².
         lrs: (steps,) learning rates of A; B's are ``lr_ratio·lrs`` (LoRA+).
-        X (T, n, d), N (T, n, m): the minibatches of this segment, X[t − t0] at step t
-            (fresh samples, or drawn from the training set); T = 0: full batch.
-        Xtr (N, d), XVtr = Xtr·V, Ntr (N, m): the fixed training set (N = 0: none). Full
-            batch with a training set uses all of it; without one, the population gradient.
+        n: minibatch size (0: full batch). key_x, key_e: the counter-based streams of
+            fresh inputs and label noise (:mod:`._rng`), noise: σ.
+        Xtr (N, d), XVtr = Xtr·V, Ntr (N, m): the fixed training set (N = 0: none); with
+            n > 0 step t takes the indices of :func:`._rng.epoch_indices` (stream key_ep).
+            Full batch with a training set uses all of it; without one, the population
+            gradient.
         opt…wd: optimiser settings (``eps_b``: Adam's ε for B).
         code, pairs, cs, Q: the feature basis (:mod:`._basis`).
         record_every, bound: recording stride, divergence bound.
@@ -237,11 +244,16 @@ def lora_segment(t0, t1, A, B, bufA, bufB, sqA, sqB,
         (status, t): ``STATUS_OK`` and t1, or ``STATUS_DIVERGED`` and the step at which the
         loss was non-finite or above ``bound`` (the state is left at that step).
     """
-    minibatch = X.shape[0] > 0
     has_train = Xtr.shape[0] > 0
-    r = A.shape[0]
-    k = U.shape[1]
+    minibatch = n > 0
+    r, d = A.shape
+    m, k = U.shape
     no_rot = np.zeros((0, 0))
+    Xb = np.zeros((n, d))
+    Nb = np.zeros((n, m))
+    idx = np.zeros(n, dtype=np.int64)
+    perm = np.zeros(Xtr.shape[0] if minibatch else 0, dtype=np.int64)
+    sqrt_lam = np.sqrt(lam)
     for t in range(t0, t1):
         AS = A * lam
         ASAt = AS @ A.T
@@ -257,18 +269,22 @@ def lora_segment(t0, t1, A, B, bufA, bufB, sqA, sqB,
             return STATUS_DIVERGED, t
         R_train = np.zeros((0, 0))
         if minibatch:
-            Xb = X[t - t0]
-            n = Xb.shape[0]
+            if has_train:
+                epoch_indices(key_ep, t, n, Xtr.shape[0], perm, idx)
+                for j in range(n):
+                    Xb[j] = Xtr[idx[j]]
+                    Nb[j] = Ntr[idx[j]]
+            else:
+                minibatch_sample(key_x, key_e, t, sqrt_lam, noise, Xb, Nb)
             XA = Xb @ A.T
-            R = batch_residual(s, B, XA, U, Sg, Xb @ V, N[t - t0])
+            R = batch_residual(s, B, XA, U, Sg, Xb @ V, Nb)
             gB = batch_grad_B(s, n, R, XA)
             gA = batch_grad_A(s, n, R, B, Xb)
         elif has_train:
-            n = Xtr.shape[0]
             XA = Xtr @ A.T
             R_train = batch_residual(s, B, XA, U, Sg, XVtr, Ntr)
-            gB = batch_grad_B(s, n, R_train, XA)
-            gA = batch_grad_A(s, n, R_train, B, Xtr)
+            gB = batch_grad_B(s, Xtr.shape[0], R_train, XA)
+            gA = batch_grad_A(s, Xtr.shape[0], R_train, B, Xtr)
         else:
             gB = grad_B(s, B, U, Sg, ASAt, VSAt)
             gA = grad_A(s, BtB, UtB, Sg, AS, VtS)
@@ -350,18 +366,25 @@ def full_train_loss(Delta, Dstar, Xtr, Ntr):
 
 
 @njit(cache=True)
-def full_segment(t0, t1, Delta, buf, sq, Dstar, lam,
-                 lrs, X, N, Xtr, Ntr, opt, momentum, nesterov, beta1, beta2, eps, wd,
-                 code, pairs, cs, Q, record_every, bound, loss, train_loss, rec):
-    """Advance full fine-tuning (W = W₀ + Δ, THEORY §2 baseline) over [t0, t1), dense.
+def full_run(t0, t1, Delta, buf, sq, Dstar, lam, lrs, n, key_x, key_e, noise, Xtr, Ntr,
+             key_ep, opt, momentum, nesterov, beta1, beta2, eps, wd,
+             code, pairs, cs, Q, record_every, bound, loss, train_loss, rec):
+    """Advance one configuration's full fine-tuning (W = W₀ + Δ, THEORY §2 baseline) over
+    [t0, t1), dense.
 
     Δ and Δ⋆ are (m, d) in Σ's eigen-coordinates (Adam's moments in the features). The
     update is all signal: S = ΔW, D = 0, ρ = 0. ``adapter_norm`` is ‖Δ‖; ``A_norm``,
     ``B_norm`` and ``subspace_overlap`` (adapter quantities) are NaN. Arguments and return
-    value as :func:`lora_segment`.
+    value as :func:`lora_run`.
     """
-    minibatch = X.shape[0] > 0
     has_train = Xtr.shape[0] > 0
+    minibatch = n > 0
+    m, d = Delta.shape
+    Xb = np.zeros((n, d))
+    Nb = np.zeros((n, m))
+    idx = np.zeros(n, dtype=np.int64)
+    perm = np.zeros(Xtr.shape[0] if minibatch else 0, dtype=np.int64)
+    sqrt_lam = np.sqrt(lam)
     for t in range(t0, t1):
         E = Delta - Dstar
         G = E * lam
@@ -374,9 +397,15 @@ def full_segment(t0, t1, Delta, buf, sq, Dstar, lam,
             return STATUS_DIVERGED, t
         R_train = np.zeros((0, 0))
         if minibatch:
-            Xb = X[t - t0]
-            R = Xb @ E.T - N[t - t0]
-            g = (R.T @ Xb) / Xb.shape[0]
+            if has_train:
+                epoch_indices(key_ep, t, n, Xtr.shape[0], perm, idx)
+                for j in range(n):
+                    Xb[j] = Xtr[idx[j]]
+                    Nb[j] = Ntr[idx[j]]
+            else:
+                minibatch_sample(key_x, key_e, t, sqrt_lam, noise, Xb, Nb)
+            R = Xb @ E.T - Nb
+            g = (R.T @ Xb) / n
         elif has_train:
             R_train = Xtr @ E.T - Ntr
             g = (R_train.T @ Xtr) / Xtr.shape[0]
@@ -413,3 +442,46 @@ def full_segment(t0, t1, Delta, buf, sq, Dstar, lam,
             rec[_CURV_DRIFT, i] = 0.0
         Delta[...] = D1
     return STATUS_OK, t1
+
+
+@njit(cache=True, parallel=True)
+def lora_block(t0, t1, A, B, bufA, bufB, sqA, sqB, s, lam, U, V, sig, Sg, VtS, c_loss,
+               lrs, lr_ratio, n, key_x, key_e, noise, Xtr, XVtr, Ntr, key_ep,
+               opt, momentum, nesterov, beta1, beta2, eps, eps_b, wd, code, pairs, cs, Q,
+               record_every, bound, loss, train_loss, rec, status, stop):
+    """:func:`lora_run` for a block of C configurations that share shapes, optimiser,
+    basis kind and record layout, in parallel over the configurations (``prange``; Numba's
+    thread count is the caller's) and over nothing else. Every argument of
+    :func:`lora_run` that may differ between configurations carries a leading axis C;
+    ``status`` (C,) and ``stop`` (C,) receive each configuration's return value, and a
+    configuration whose status is already ``STATUS_DIVERGED`` is skipped. Each
+    configuration's arithmetic is that of running it alone, so results do not depend on
+    the block or the number of threads."""
+    for c in prange(A.shape[0]):
+        if status[c] != STATUS_OK:
+            continue
+        st, t = lora_run(t0, t1, A[c], B[c], bufA[c], bufB[c], sqA[c], sqB[c], s[c], lam[c],
+                         U[c], V[c], sig[c], Sg[c], VtS[c], c_loss[c], lrs[c], lr_ratio[c],
+                         n, key_x[c], key_e[c], noise[c], Xtr[c], XVtr[c], Ntr[c],
+                         key_ep[c], opt, momentum[c], nesterov, beta1[c], beta2[c], eps[c],
+                         eps_b[c], wd[c], code, pairs[c], cs[c], Q[c], record_every,
+                         bound[c], loss[c], train_loss[c], rec[c])
+        status[c] = st
+        stop[c] = t
+
+
+@njit(cache=True, parallel=True)
+def full_block(t0, t1, Delta, buf, sq, Dstar, lam, lrs, n, key_x, key_e, noise, Xtr, Ntr,
+               key_ep, opt, momentum, nesterov, beta1, beta2, eps, wd, code, pairs, cs, Q,
+               record_every, bound, loss, train_loss, rec, status, stop):
+    """:func:`full_run` for a block of configurations (as :func:`lora_block`)."""
+    for c in prange(Delta.shape[0]):
+        if status[c] != STATUS_OK:
+            continue
+        st, t = full_run(t0, t1, Delta[c], buf[c], sq[c], Dstar[c], lam[c], lrs[c], n,
+                         key_x[c], key_e[c], noise[c], Xtr[c], Ntr[c], key_ep[c], opt,
+                         momentum[c], nesterov, beta1[c], beta2[c], eps[c], wd[c], code,
+                         pairs[c], cs[c], Q[c], record_every, bound[c], loss[c],
+                         train_loss[c], rec[c])
+        status[c] = st
+        stop[c] = t

@@ -1,15 +1,25 @@
 """The simulation driver: settings in, :class:`SimulationResult` out (THEORY.md §1–§4).
 
-The driver owns the state and optimiser arrays and calls the Numba kernels of
-:mod:`signaldrift._kernels` on segments of steps. Segments end where the driver must act:
-at the boundaries of minibatch chunks (the sample stream is drawn chunk by chunk, which does
-not change the samples) and around the steps where the Hessian's sharpness is measured.
+One kernel design serves single runs and sweeps: :func:`simulate_block` advances a block
+of configurations that share shapes, optimiser, basis kind and record layout
+(:func:`block_key`) in one call of the parallel kernels of :mod:`signaldrift._kernels`
+(``lora_block``/``full_block``: ``prange`` over the configurations), and :func:`simulate`
+is a block of one. Per-configuration settings (scale, learning-rate schedule, optimiser
+constants, seeds, tasks) are arrays. Minibatches and epochs are drawn inside the kernel
+from counter-based streams (:mod:`signaldrift._rng`), so there is no Python work per step;
+the driver pauses only at the steps where the Hessian's sharpness is measured or a
+snapshot is stored.
+
+BLAS runs single-threaded in the process from the first simulation on: the kernels multiply
+r×r, k×r and thin matrices, where BLAS threads cost more than they give; parallelism comes
+from the configurations of a block (Numba threads) or from separate processes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from ._config import ConfigError, SimConfig
 from ._init import init_adapter
@@ -19,25 +29,35 @@ from ._kernels import (
     OPT_SGD,
     RECORD_NAMES,
     STATUS_DIVERGED,
+    STATUS_OK,
+    full_block,
     full_loss,
-    full_segment,
     full_train_loss,
+    lora_block,
     lora_loss,
-    lora_segment,
     lora_train_loss,
 )
 from ._result import SimulationResult
-from ._sampling import EpochStream, SampleStream, draw_training_set
+from ._rng import stream_key
+from ._sampling import draw_training_set
 from ._scaling import scale_factor
 from ._schedules import learning_rates
 from ._task import Task, make_task
 
-__all__ = ["simulate", "record_grid"]
+__all__ = ["simulate", "simulate_block", "block_key", "record_grid"]
 
 _OPT_CODES = {"sgd": OPT_SGD, "adam": OPT_ADAM, "adamw": OPT_ADAMW}
 
-# Floats of minibatch samples drawn per chunk (32 MB); the chunking never changes results.
-_CHUNK_FLOATS = 4_000_000
+_BLAS_LIMITED = []
+
+
+def _single_threaded_blas() -> None:
+    """Limit BLAS to one thread in this process, once (not per run: entering and leaving
+    threadpoolctl costs milliseconds, a fifth of a small run)."""
+    if not _BLAS_LIMITED:
+        from threadpoolctl import threadpool_limits
+
+        _BLAS_LIMITED.append(threadpool_limits(limits=1, user_api="blas"))
 
 
 def record_grid(config: SimConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -60,22 +80,23 @@ def _task_constants(task: Task) -> tuple[np.ndarray, np.ndarray, float]:
     return Sg, VtS, c_loss
 
 
+def block_key(config: SimConfig) -> tuple:
+    """What configurations of one block must share: shapes, model, optimiser kind, basis
+    kind, data mode and the record layout. Everything else may differ."""
+    return (config.model, config.d, config.m, config.rank, config.task_rank,
+            config.optimizer, config.nesterov, config.basis, config.batch,
+            config.train_size, config.steps, config.record_every, config.sharpness_steps,
+            tuple(sorted(config.snapshot_steps)), config.engine)
+
+
 def _segments(config: SimConfig) -> list[tuple[int, int]]:
-    """Step ranges [a, b) covering [0, steps), split at sharpness and snapshot steps and at
-    sample chunks."""
+    """Step ranges [a, b) covering [0, steps), split at sharpness and snapshot steps."""
     cuts = {0, config.steps}
     for t in config.sharpness_steps:
         cuts.update((t, t + 1))
     cuts.update(t for t in config.snapshot_steps if t < config.steps)
     bounds = sorted(cuts)
-    chunk = config.steps
-    if config.batch > 0:
-        chunk = max(1, _CHUNK_FLOATS // (config.batch * (config.d + config.m)))
-    out = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        for c in range(a, b, chunk):
-            out.append((c, min(b, c + chunk)))
-    return out
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def _user_factor(name: str, x, shape: tuple[int, int]) -> np.ndarray:
@@ -93,11 +114,7 @@ def _user_factor(name: str, x, shape: tuple[int, int]) -> np.ndarray:
 
 def simulate(config: SimConfig, *, task: Task | None = None, A0: np.ndarray | None = None,
              B0: np.ndarray | None = None) -> SimulationResult:
-    """Run one simulation with the factorised Numba kernels.
-
-    BLAS runs single-threaded during the run: the kernels multiply r×r, k×r and thin
-    matrices, where BLAS threads cost more than they give (10× slower on a loaded 2-core
-    machine); parallelism comes from running configurations side by side (sweeps).
+    """Run one simulation with the factorised Numba kernels (a block of one).
 
     The task (THEORY §1), the student and its scaling rule (§2), the optimiser with
     torch.optim's semantics (per-factor learning rates η_A = lr, η_B = λ·lr with
@@ -118,14 +135,14 @@ def simulate(config: SimConfig, *, task: Task | None = None, A0: np.ndarray | No
     Returns:
         The :class:`SimulationResult`; the same settings give bit-identical results.
 
+    Raises:
+        ConfigError: ``config`` is not a SimConfig, or the task or the factors do not fit it.
+
     Example:
         >>> import signaldrift as sd
         >>> res = sd.simulate(sd.SimConfig(d=64, m=64, rank=4, steps=50, lr=1e-2))
         >>> res.final_loss < res.loss[0]
         True
-
-    Raises:
-        ConfigError: ``config`` is not a SimConfig, or the task or the factors do not fit it.
     """
     if not isinstance(config, SimConfig):
         raise ConfigError(f"config: must be a SimConfig (signaldrift.SimConfig(...)), got "
@@ -134,11 +151,11 @@ def simulate(config: SimConfig, *, task: Task | None = None, A0: np.ndarray | No
         from ._reduced import simulate_reduced
 
         return simulate_reduced(config, task=task, A0=A0, B0=B0)
-    with threadpool_limits(limits=1, user_api="blas"):
-        return _simulate(config, task, A0, B0)
+    return simulate_block([config], tasks=[task], A0s=[A0], B0s=[B0])[0]
 
 
-def _simulate(config: SimConfig, task: Task | None, A0, B0) -> SimulationResult:
+def _prepare(config: SimConfig, task: Task | None, A0, B0) -> dict:
+    """One configuration's inputs: task, initial factors, training set, constants."""
     task_source = "generated" if task is None and A0 is None and B0 is None else "user"
     if task is None:
         task = make_task(config)
@@ -150,8 +167,6 @@ def _simulate(config: SimConfig, task: Task | None, A0, B0) -> SimulationResult:
     if full and (A0 is not None or B0 is not None):
         raise ConfigError("A0: model 'full' has no adapter factors; give A0/B0 with model "
                           "'lora'")
-    basis = task.basis
-    rot = basis.kernel_args()
     train = draw_training_set(config, task.lam) if config.train_size > 0 else None
     if A0 is None or B0 is None:
         A_init, B_init = init_adapter(config, task, train)
@@ -160,129 +175,199 @@ def _simulate(config: SimConfig, task: Task | None, A0, B0) -> SimulationResult:
     r = config.rank if not full else 0
     A0 = _user_factor("A0", A0, (r, config.d))
     B0 = _user_factor("B0", B0, (config.m, r))
+    if train is None:
+        train = {"X": np.zeros((0, config.d)), "noise": np.zeros((0, config.m))}
+    return {"config": config, "task": task, "task_source": task_source, "A0": A0, "B0": B0,
+            "train": train, "s": scale_factor(config), "lrs": learning_rates(config)}
 
-    s = scale_factor(config)
-    lrs = learning_rates(config)
-    step, loss_step = record_grid(config)
-    loss = np.full(loss_step.size, np.nan)
-    train_loss = np.full(loss_step.size if train is not None else 0, np.nan)
-    rec = np.full((len(RECORD_NAMES), step.size), np.nan)
-    opt = _OPT_CODES[config.optimizer]
-    optim = (opt, float(config.momentum), bool(config.nesterov), float(config.beta1),
-             float(config.beta2), float(config.eps))
-    tail = (*rot, int(config.record_every), float(config.divergence_bound), loss,
-            train_loss, rec)
-    no_samples = np.zeros((0, 0, 0))
-    if train is not None:
-        Xtr = train["X"]
-        Ntr = train["noise"]
-        stream = EpochStream(config) if config.batch > 0 else None
-    else:
-        Xtr, Ntr = np.zeros((0, config.d)), np.zeros((0, config.m))
-        stream = SampleStream(config, task.lam) if config.batch > 0 else None
-    sharp_steps = np.array(config.sharpness_steps, dtype=np.int64)
-    sharp = {
-        "step": sharp_steps,
-        "lambda_max": np.full(sharp_steps.size, np.nan),
-        "precond_lambda_max": np.full(sharp_steps.size, np.nan),
-    }
-    snap_steps = np.array(sorted(config.snapshot_steps), dtype=np.int64)
-    snaps = {"step": snap_steps, "A": np.full((snap_steps.size, r, config.d), np.nan),
-             "B": np.full((snap_steps.size, config.m, r), np.nan)}
 
+def simulate_block(configs: Sequence[SimConfig], *, tasks=None, A0s=None, B0s=None,
+                   threads: int = 1) -> list[SimulationResult]:
+    """Run a block of configurations in one call of the parallel kernels.
+
+    Args:
+        configs: configurations that share :func:`block_key` (shapes, model, optimiser
+            kind, basis kind, data mode, record layout); the rest may differ.
+        tasks, A0s, B0s: optional per-configuration tasks and factors (lists of the same
+            length, entries ``None`` for the defaults), as in :func:`simulate`.
+        threads: Numba threads over the configurations (results never depend on it).
+
+    Returns:
+        One :class:`SimulationResult` per configuration, in order, each bit-identical to
+        ``simulate`` of that configuration alone.
+    """
+    configs = list(configs)
+    if not configs:
+        return []
+    C = len(configs)
+    keys = {block_key(c) for c in configs}
+    if len(keys) != 1:
+        raise ConfigError("configs: a block needs configurations with the same shapes, "
+                          "model, optimizer, basis, data mode and record layout "
+                          "(signaldrift._simulate.block_key)")
+    tasks = [None] * C if tasks is None else list(tasks)
+    A0s = [None] * C if A0s is None else list(A0s)
+    B0s = [None] * C if B0s is None else list(B0s)
+    prep = [_prepare(c, t, a, b) for c, t, a, b in zip(configs, tasks, A0s, B0s)]
+    _single_threaded_blas()
+    c0 = configs[0]
+    full = c0.model == "full"
+    codes = {p["task"].basis.code for p in prep}
+    if len(codes) != 1:
+        raise ConfigError("tasks: a block needs tasks with the same kind of feature basis")
+    code = codes.pop()
+    step, loss_step = record_grid(c0)
+    loss = np.full((C, loss_step.size), np.nan)
+    has_train = c0.train_size > 0
+    train_loss = np.full((C, loss_step.size if has_train else 0), np.nan)
+    rec = np.full((C, len(RECORD_NAMES), step.size), np.nan)
+    status = np.full(C, STATUS_OK, dtype=np.int64)
+    stop = np.full(C, c0.steps, dtype=np.int64)
+
+    def stack(fn, dtype=np.float64):
+        return np.ascontiguousarray(np.stack([fn(p) for p in prep]), dtype=dtype)
+
+    def col(name, fn=None):
+        return np.array([getattr(p["config"], name) if fn is None else fn(p["config"])
+                         for p in prep], dtype=np.float64)
+
+    lam = stack(lambda p: p["task"].lam)
+    lrs = stack(lambda p: p["lrs"])
+    key_x = np.array([stream_key(c.seed, "inputs") for c in configs], dtype=np.uint64)
+    key_e = np.array([stream_key(c.seed, "noise") for c in configs], dtype=np.uint64)
+    key_ep = np.array([stream_key(c.seed, "epochs") for c in configs], dtype=np.uint64)
+    noise = col("noise")
+    Xtr = stack(lambda p: p["train"]["X"])
+    Ntr = stack(lambda p: p["train"]["noise"])
+    pairs = stack(lambda p: p["task"].basis.pairs, np.int64)
+    cs = stack(lambda p: p["task"].basis.cs)
+    Q = stack(lambda p: p["task"].basis.Q)
+    opt = _OPT_CODES[c0.optimizer]
+    momentum, beta1, beta2 = col("momentum"), col("beta1"), col("beta2")
+    eps, wd, bound = col("eps"), col("weight_decay"), col("divergence_bound")
+    tail = (code, pairs, cs, Q, int(c0.record_every), bound, loss, train_loss, rec, status,
+            stop)
     if full:
-        Dstar = task.delta_star(features=False)
-        state = (np.zeros((config.m, config.d)),)
+        state = (np.zeros((C, c0.m, c0.d)),)
+        Dstar = stack(lambda p: p["task"].delta_star(features=False))
     else:
-        Sg, VtS, c_loss = _task_constants(task)
-        XVtr = Xtr @ task.V
-        state = (np.ascontiguousarray(basis.to_eigen(A0)), B0.copy())
-    bufs = tuple(np.zeros_like(p) for p in state)
-    sqs = tuple(np.zeros_like(p) for p in state)
+        consts = [_task_constants(p["task"]) for p in prep]
+        Sg = np.ascontiguousarray(np.stack([k[0] for k in consts]))
+        VtS = np.ascontiguousarray(np.stack([k[1] for k in consts]))
+        c_loss = np.array([k[2] for k in consts])
+        U, V = stack(lambda p: p["task"].U), stack(lambda p: p["task"].V)
+        sig = stack(lambda p: p["task"].sigma_star)
+        XVtr = np.ascontiguousarray(np.einsum("cnd,cdk->cnk", Xtr, V))
+        s_arr = np.array([p["s"] for p in prep])
+        state = (stack(lambda p: p["task"].basis.to_eigen(p["A0"])),
+                 stack(lambda p: p["B0"]))
+    bufs = tuple(np.zeros_like(x) for x in state)
+    sqs = tuple(np.zeros_like(x) for x in state)
+
+    snap_steps = np.array(sorted(c0.snapshot_steps), dtype=np.int64)
+    r = 0 if full else c0.rank
+    snaps = [{"step": snap_steps, "A": np.full((snap_steps.size, r, c0.d), np.nan),
+              "B": np.full((snap_steps.size, c0.m, r), np.nan)} for _ in prep]
+    sharp_steps = np.array(c0.sharpness_steps, dtype=np.int64)
+    sharp = [{"step": sharp_steps, "lambda_max": np.full(sharp_steps.size, np.nan),
+              "precond_lambda_max": np.full(sharp_steps.size, np.nan)} for _ in prep]
 
     def snapshot(t: int) -> None:
         j = np.flatnonzero(snap_steps == t)
-        if j.size and not full:
-            snaps["A"][j[0]] = basis.to_features(state[0])
-            snaps["B"][j[0]] = state[1]
+        if not j.size or full:
+            return
+        for c, p in enumerate(prep):
+            if status[c] == STATUS_OK:
+                snaps[c]["A"][j[0]] = p["task"].basis.to_features(state[0][c])
+                snaps[c]["B"][j[0]] = state[1][c]
 
-    diverged, diverged_step = False, -1
-    for a, b in _segments(config):
-        snapshot(a)
-        if stream is None:
-            X, N = no_samples, no_samples
-        elif train is not None:
-            idx = stream.draw(b - a)
-            X, N = Xtr[idx], Ntr[idx]
-        else:
-            X, N = stream.draw(b - a)
-        measure = a in config.sharpness_steps
-        before = tuple(p.copy() for p in state) if measure else None
+    import numba
+
+    saved_threads = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+    try:
+        for a, b in _segments(c0):
+            snapshot(a)
+            measure = a in c0.sharpness_steps
+            before = tuple(x.copy() for x in state) if measure else None
+            if full:
+                full_block(a, b, state[0], bufs[0], sqs[0], Dstar, lam, lrs, int(c0.batch),
+                           key_x, key_e, noise, Xtr, Ntr, key_ep, opt, momentum,
+                           bool(c0.nesterov), beta1, beta2, eps, wd, *tail)
+            else:
+                full_eps_b = np.array([c.effective_eps_b for c in configs])
+                lora_block(a, b, state[0], state[1], bufs[0], bufs[1], sqs[0], sqs[1], s_arr,
+                           lam, U, V, sig, Sg, VtS, c_loss, lrs, col("loraplus_lr_ratio"),
+                           int(c0.batch), key_x, key_e, noise, Xtr, XVtr, Ntr, key_ep, opt,
+                           momentum, bool(c0.nesterov), beta1, beta2, eps, full_eps_b, wd,
+                           *tail)
+            if measure:
+                j = int(np.flatnonzero(sharp_steps == a)[0])
+                for c, p in enumerate(prep):
+                    if status[c] == STATUS_OK:
+                        lm, plm = _measure_sharpness(
+                            p["config"], p["task"], p["s"], tuple(x[c] for x in before),
+                            tuple(x[c] for x in sqs), a)
+                        sharp[c]["lambda_max"][j], sharp[c]["precond_lambda_max"][j] = lm, plm
+            if np.all(status != STATUS_OK):
+                break
+    finally:
+        numba.set_num_threads(saved_threads)
+
+    results = []
+    for c, p in enumerate(prep):
+        cfg, task, basis = p["config"], p["task"], p["task"].basis
+        diverged = status[c] == STATUS_DIVERGED
+        diverged_step = int(stop[c]) if diverged else -1
+        X_c, N_c = p["train"]["X"], p["train"]["noise"]
         if full:
-            status, t = full_segment(a, b, state[0], bufs[0], sqs[0], Dstar, task.lam, lrs,
-                                     X, N, Xtr, Ntr, *optim, float(config.weight_decay),
-                                     *tail)
+            final = float(full_loss(state[0][c], Dstar[c], task.lam))
         else:
-            status, t = lora_segment(a, b, state[0], state[1], bufs[0], bufs[1], sqs[0],
-                                     sqs[1], s, task.lam, task.U, task.V, task.sigma_star,
-                                     Sg, VtS, c_loss, lrs, float(config.loraplus_lr_ratio),
-                                     X, N, Xtr, XVtr, Ntr, *optim,
-                                     float(config.effective_eps_b),
-                                     float(config.weight_decay), *tail)
-        if status == STATUS_DIVERGED:
-            diverged, diverged_step = True, int(t)
-            break
-        if measure:
-            j = int(np.flatnonzero(sharp_steps == a)[0])
-            lm, plm = _measure_sharpness(config, task, s, before, sqs, a)
-            sharp["lambda_max"][j], sharp["precond_lambda_max"][j] = lm, plm
-
-    # The state is at step `steps`, or at the diverged step where the kernel stopped.
-    if full:
-        final = float(full_loss(state[0], Dstar, task.lam))
-    else:
-        final = float(lora_loss(s, state[0], state[1], task.lam, task.U, task.sigma_star,
-                                task.V))
-    diverged_loss = float("nan")
-    if diverged:
-        diverged_loss = final
-    elif not (np.isfinite(final) and final <= config.divergence_bound):
-        diverged, diverged_step, diverged_loss = True, config.steps, final
-    else:
-        loss[-1] = final
-        snapshot(config.steps)
-        if train is not None:
-            train_loss[-1] = float(
-                full_train_loss(state[0], Dstar, Xtr, Ntr) if full else
-                lora_train_loss(s, state[0], state[1], task.U, Sg, Xtr, XVtr, Ntr))
-    if diverged:
-        # Nothing recorded at or after the diverged step is a valid record.
-        loss[loss_step >= diverged_step] = np.nan
-        train_loss[loss_step[:train_loss.size] >= diverged_step] = np.nan
-        rec[:, step >= diverged_step] = np.nan
-
-    records = {"loss": loss}
-    if train is not None:
-        records["train_loss"] = train_loss
-    records.update({name: rec[q] for q, name in enumerate(RECORD_NAMES)})
-    if full:
-        A_fin = np.zeros((0, config.d))
-        B_fin = np.zeros((config.m, 0))
-        Delta = basis.to_features(state[0])
-    else:
-        A_fin, B_fin = basis.to_features(state[0]), state[1]
-        Delta = None
-    train_arrays = {}
-    if train is not None:
-        train_arrays = {"X_train": basis.to_features(Xtr), "noise_train": Ntr}
-    return SimulationResult(
-        config=config, task=task, scale=s, A0=A0, A=A_fin, B=B_fin, step=step,
-        loss_step=loss_step, records=records, diverged=diverged,
-        diverged_step=diverged_step, diverged_loss=diverged_loss, sharpness=sharp,
-        Delta=Delta, B0=B0, task_source=task_source,
-        snapshots=snaps if snap_steps.size else {}, train=train_arrays,
-        noise_floor=0.5 * config.m * float(task.noise) ** 2,
-    )
+            final = float(lora_loss(p["s"], state[0][c], state[1][c], task.lam, task.U,
+                                    task.sigma_star, task.V))
+        diverged_loss = float("nan")
+        if diverged:
+            diverged_loss = final
+        elif not (np.isfinite(final) and final <= cfg.divergence_bound):
+            diverged, diverged_step, diverged_loss = True, cfg.steps, final
+        else:
+            loss[c, -1] = final
+            if has_train:
+                train_loss[c, -1] = float(
+                    full_train_loss(state[0][c], Dstar[c], X_c, N_c) if full else
+                    lora_train_loss(p["s"], state[0][c], state[1][c], task.U, Sg[c], X_c,
+                                    XVtr[c], N_c))
+        if not diverged:
+            j = np.flatnonzero(snap_steps == cfg.steps)
+            if j.size and not full:
+                snaps[c]["A"][j[0]] = basis.to_features(state[0][c])
+                snaps[c]["B"][j[0]] = state[1][c]
+        if diverged:
+            # Nothing recorded at or after the diverged step is a valid record.
+            loss[c, loss_step >= diverged_step] = np.nan
+            if has_train:
+                train_loss[c, loss_step >= diverged_step] = np.nan
+            rec[c][:, step >= diverged_step] = np.nan
+        records = {"loss": loss[c]}
+        if has_train:
+            records["train_loss"] = train_loss[c]
+        records.update({name: rec[c, q] for q, name in enumerate(RECORD_NAMES)})
+        if full:
+            A_fin, B_fin = np.zeros((0, cfg.d)), np.zeros((cfg.m, 0))
+            Delta = basis.to_features(state[0][c])
+        else:
+            A_fin, B_fin, Delta = basis.to_features(state[0][c]), state[1][c].copy(), None
+        train_arrays = {}
+        if has_train:
+            train_arrays = {"X_train": basis.to_features(X_c), "noise_train": N_c}
+        results.append(SimulationResult(
+            config=cfg, task=task, scale=p["s"], A0=p["A0"], A=A_fin, B=B_fin, step=step,
+            loss_step=loss_step, records=records, diverged=bool(diverged),
+            diverged_step=diverged_step, diverged_loss=diverged_loss, sharpness=sharp[c],
+            Delta=Delta, B0=p["B0"], task_source=p["task_source"],
+            snapshots=snaps[c] if snap_steps.size else {}, train=train_arrays,
+            noise_floor=0.5 * cfg.m * float(task.noise) ** 2))
+    return results
 
 
 def _measure_sharpness(config: SimConfig, task: Task, s: float, before, sqs, t: int):

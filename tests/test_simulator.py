@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import signaldrift as sd
-from signaldrift._kernels import RECORD_NAMES, lora_segment
+from signaldrift._kernels import RECORD_NAMES, lora_run
 from signaldrift._simulate import _task_constants
 
 # (d, m, task_rank k, rank r): r = k, r > k, k = min(m, d), r < k.
@@ -167,16 +167,15 @@ def test_zero_learning_rate_changes_nothing():
         B = B + 0.01 * np.random.default_rng(0).standard_normal(B.shape)  # a non-trivial state
         A_start, B_start = A.copy(), B.copy()
         Sg, VtS, c_loss = _task_constants(task)
-        X, N = (sd.SampleStream(cfg, task.lam).draw(30) if batch
-                else (np.zeros((0, 0, 0)), np.zeros((0, 0, 0))))
         loss = np.full(31, np.nan)
         rec = np.full((len(RECORD_NAMES), 30), np.nan)
         bufs = [np.zeros_like(A), np.zeros_like(B), np.zeros_like(A), np.zeros_like(B)]
+        keys = (sd._rng.stream_key(cfg.seed, "inputs"), sd._rng.stream_key(cfg.seed, "noise"))
         no_set = (np.zeros((0, cfg.d)), np.zeros((0, task.k)), np.zeros((0, cfg.m)))
-        lora_segment(0, 30, A, B, *bufs, 2.0, task.lam, task.U, task.V, task.sigma_star, Sg,
-                     VtS, c_loss, np.zeros(30), 1.0, X, N, *no_set, opt_code, 0.9, False,
-                     0.9, 0.999, 1e-8, 1e-8, 0.1, *task.basis.kernel_args(), 1, 1e6, loss,
-                     np.zeros(0), rec)
+        lora_run(0, 30, A, B, *bufs, 2.0, task.lam, task.U, task.V, task.sigma_star, Sg,
+                 VtS, c_loss, np.zeros(30), 1.0, batch, *keys, 0.1, *no_set, keys[0],
+                 opt_code, 0.9, False, 0.9, 0.999, 1e-8, 1e-8, 0.1,
+                 *task.basis.kernel_args(), 1, 1e6, loss, np.zeros(0), rec)
         assert np.array_equal(A, A_start) and np.array_equal(B, B_start)
         assert np.all(loss[:30] == loss[0])
         for q, name in enumerate(RECORD_NAMES):
