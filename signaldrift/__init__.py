@@ -2,56 +2,67 @@
 
 The public API is what this module exports (``__all__``); modules whose names start with an
 underscore are private and may change. The model is specified in docs/THEORY.md.
+
+Heavy parts (sweeps with xarray, analysis with scipy.stats, the Hessian with scipy.sparse)
+are imported on first use of one of their names (PEP 562), so ``import signaldrift`` stays
+fast.
 """
 
-from ._analysis import (
-    bracket_position,
-    divergence_threshold,
-    fit_power_law,
-    loglog_slope,
-    optimal_alpha,
-    optimisation_gap,
-)
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from ._config import ConfigError, SimConfig
-from ._init import init_adapter
-from ._reference import simulate_reference
 from ._result import SimulationResult
-from ._sampling import SampleStream
-from ._scaling import scale_factor
-from ._schedules import learning_rates
-from ._sharpness import dense_hessian, hessian_operator, sharpness, sharpness_at_init
-from ._simulate import simulate
-from ._sweep import FailedRun, config_at, load_dataset, run_configs, run_sweep, save_dataset
 from ._task import Task, make_task
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-__all__ = [
-    "ConfigError",
-    "FailedRun",
-    "SampleStream",
-    "SimConfig",
-    "SimulationResult",
-    "Task",
-    "bracket_position",
-    "config_at",
-    "dense_hessian",
-    "divergence_threshold",
-    "fit_power_law",
-    "hessian_operator",
-    "init_adapter",
-    "learning_rates",
-    "load_dataset",
-    "loglog_slope",
-    "make_task",
-    "optimal_alpha",
-    "optimisation_gap",
-    "run_configs",
-    "run_sweep",
-    "save_dataset",
-    "scale_factor",
-    "sharpness",
-    "sharpness_at_init",
-    "simulate",
-    "simulate_reference",
-]
+#: public name -> private module that defines it (imported on first access)
+_LAZY = {
+    "bracket_position": "_analysis",
+    "divergence_threshold": "_analysis",
+    "fit_power_law": "_analysis",
+    "loglog_slope": "_analysis",
+    "optimal_alpha": "_analysis",
+    "optimisation_gap": "_analysis",
+    "init_adapter": "_init",
+    "simulate_reference": "_reference",
+    "SampleStream": "_sampling",
+    "scale_factor": "_scaling",
+    "learning_rates": "_schedules",
+    "dense_hessian": "_sharpness",
+    "hessian_operator": "_sharpness",
+    "sharpness": "_sharpness",
+    "sharpness_at_init": "_sharpness",
+    "simulate": "_simulate",
+    "simulate_block": "_simulate",
+    "FailedRun": "_sweep",
+    "config_at": "_sweep",
+    "load_dataset": "_sweep",
+    "run_configs": "_sweep",
+    "run_sweep": "_sweep",
+    "save_dataset": "_sweep",
+}
+
+__all__ = sorted(["ConfigError", "SimConfig", "SimulationResult", "Task", "make_task",
+                  *_LAZY])
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        if name.startswith("_") and not name.startswith("__"):
+            try:  # a private submodule, e.g. signaldrift._rng
+                return importlib.import_module(f"{__name__}.{name}")
+            except ModuleNotFoundError:
+                pass
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
