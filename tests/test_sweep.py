@@ -444,3 +444,10 @@ def test_cache_key_changes_with_the_simulator_code(monkeypatch):
                         lambda self: real(self) + (b"# edit" if self.name == "_kernels.py" else b""))
     assert sweep.simulator_fingerprint() != before
     assert sweep.CACHE_VERSION.endswith(before)
+
+
+def test_cli_cache_and_no_cache_conflict(tmp_path):
+    with pytest.raises(ConfigError, match="--cache c and --no-cache conflict"):
+        run_cli(["--lr", "1e-3,1e-2", "--cache", "c", "--no-cache",
+                 "--out", str(tmp_path / "o.nc")])
+    assert list(tmp_path.iterdir()) == []
