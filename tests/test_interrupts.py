@@ -204,6 +204,7 @@ def test_workers_die_with_a_killed_parent(tmp_path):
     _assert_no_workers_left(workers)
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_figures(tmp_path):
     # `figures` runs its sweeps through the same pool; F4 alone is a sweep of 8×8 runs.
     argv = ["figures", "--only", "F4", "--workers", "2", "--out", "figs"]
