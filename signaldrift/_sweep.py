@@ -1,13 +1,18 @@
 """Sweeps: run many configurations, cache each one on disk, gather them in an xarray Dataset.
 
 Engine (:func:`run_configs`): each configuration runs through ``signaldrift.simulate``
-(looked up at call time), serially or in a fork-context process pool; results come back in
-input order and are identical whatever the number of workers. With ``cache_dir`` every
-finished run is written at once (atomically: temporary file in the same folder, then
-``os.replace``) as ``<sha256(CACHE_VERSION + config.to_json())>.npz``, so an interrupted
-sweep resumes where it stopped. Diverged runs are kept (``diverged``), and a run that raises
-an unexpected exception is recorded as a :class:`FailedRun` (never cached, so it is retried
-next time) without losing the others.
+(looked up at call time), serially or in a :class:`~signaldrift._pool.WorkerPool`
+(fork-context processes that never outlive this one); results come back in input order and
+are identical whatever the number of workers. Before anything runs, every configuration,
+the cache folder and the memory of the sweep (:mod:`signaldrift._memory`) are checked. With
+``cache_dir`` every finished run is written at once (atomically: temporary file in the same
+folder, then ``os.replace``) as ``<sha256(CACHE_VERSION + config.to_json())>.npz``, so an
+interrupted sweep resumes where it stopped: SIGINT or SIGTERM kills the workers at once
+(their runs in progress are lost) and propagates as ``KeyboardInterrupt``. Diverged runs are
+kept (``diverged``), and a run that raises an unexpected exception is recorded as a
+:class:`FailedRun` (never cached, so it is retried next time) without losing the others.
+Progress: a tqdm bar on stderr (:mod:`signaldrift._progress`; one bar for several sweeps
+inside a ``progress_group``).
 
 Dataset layout (:func:`run_sweep`), for a grid ``{name: values}``:
 
