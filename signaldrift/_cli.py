@@ -204,12 +204,13 @@ def run_status(result: Any) -> tuple[str, str]:
     if not final < initial:
         verb = "rose" if final > initial else "did not change"
         return "not improving", f"the loss {verb} from {initial:.3g} to {final:.3g}"
-    cut = c.steps - max(1, c.steps // 10)
-    earlier = loss[(steps <= cut) & np.isfinite(loss)]
-    ref = float(earlier[-1]) if earlier.size else initial
+    # The last record at or before 90% of the run (step 0 at least: it is always recorded).
+    earlier = np.flatnonzero((steps <= c.steps - max(1, c.steps // 10)) & np.isfinite(loss))
+    at = int(earlier[-1]) if earlier.size else 0
+    ref = float(loss[at]) if earlier.size else initial
     if final <= 1e-8 * initial or ref - final <= 0.01 * ref:
         return "converged", ""
-    return "improving", f"still falling: {ref:.3g} at step {int(steps[steps <= cut][-1])}"
+    return "improving", f"still falling: {ref:.3g} at step {int(steps[at])}"
 
 
 def run_report(result: Any) -> dict[str, Any]:

@@ -346,18 +346,8 @@ def _run_configs(configs, *, workers=1, cache_dir=None, progress=True):
     cdir = _check_cache_dir(cache_dir)
     check_sweep_memory(list(unique.values()), min(workers, max(1, len(unique))))
     stats = _Stats(total=len(configs), unique=len(unique))
-    done: dict[str, Any] = {}
-    if cdir is not None:
-        _open_cache_dir(cdir)
-        for k, c in unique.items():
-            res = _read_cache(_cache_path(cdir, k), c)
-            if res is not None:
-                done[k] = res
-                stats.cached += 1
-                stats.diverged += bool(res.diverged)
+    done = _from_cache(cdir, unique, stats)
     pending = [k for k in unique if k not in done]
-    cdir_s = None if cdir is None else str(cdir)
-    parallel = workers > 1 and len(pending) > 1
     if pending and progress:
         announce_compile({unique[k].model for k in pending})
     try:
@@ -373,31 +363,54 @@ def _run_configs(configs, *, workers=1, cache_dir=None, progress=True):
                 stats.diverged += div
                 bar.advance(ran=1, diverged=div, failed=failed)
 
-            if not parallel:
-                for k in pending:
-                    finish(k, _run_one(unique[k], cdir_s))
-            else:
+            if workers > 1 and len(pending) > 1:
                 _run_parallel(unique, pending, workers, cdir, finish)
+            else:
+                for k in pending:
+                    finish(k, _run_one(unique[k], None if cdir is None else str(cdir)))
     except KeyboardInterrupt as exc:
-        n_done = stats.cached + stats.ran - stats.failed
-        where = f" in the cache {cdir_s}" if cdir_s else " (no cache: they are lost)"
-        exc.detail = (f"{n_done} of {len(unique)} runs finished{where}"
-                      + ("; run the same command again to resume" if cdir_s else ""))
+        exc.detail = _what_was_kept(stats, cdir)
         raise
     return [done[k] for k in keys], stats
+
+
+def _from_cache(cdir: Path | None, unique: dict[str, SimConfig], stats: _Stats) -> dict:
+    """The cached results among ``unique`` (key -> result), counted in ``stats``; creates
+    the cache folder."""
+    done: dict[str, Any] = {}
+    if cdir is None:
+        return done
+    _open_cache_dir(cdir)
+    for k, c in unique.items():
+        res = _read_cache(_cache_path(cdir, k), c)
+        if res is not None:
+            done[k] = res
+            stats.cached += 1
+            stats.diverged += bool(res.diverged)
+    return done
+
+
+def _what_was_kept(stats: _Stats, cdir: Path | None) -> str:
+    """One clause for the interruption message: how many runs are kept, and where."""
+    n_done = stats.cached + stats.ran - stats.failed
+    if cdir is None:
+        return f"{n_done} of {stats.unique} runs had finished (no cache: they are lost)"
+    return (f"{n_done} of {stats.unique} runs finished, kept in the cache {cdir}; run the "
+            "same command again to resume")
 
 
 def _run_parallel(unique, pending, workers, cdir, finish) -> None:
     """Run ``pending`` in a :class:`~signaldrift._pool.WorkerPool`; ``finish(key, result)``
     as each completes. An interruption kills the workers (the runs they had started are
     lost, their temporary files removed); what finished is in the cache already."""
-    if kernels_cold({unique[k].model for k in pending}):
-        warm_up({unique[k].model for k in pending})  # once here, not once per worker
+    models = {unique[k].model for k in pending}
+    if kernels_cold(models):
+        warm_up(models)  # compile once here, not once in every worker
+    cache = None if cdir is None else str(cdir)
     pool = WorkerPool(min(workers, len(pending)))
     try:
         with pool:
-            futures = {pool.submit(_run_one, unique[k], None if cdir is None else str(cdir)): k
-                       for k in pending}
+            futures = {pool.submit(_run_one, unique[k], cache): k for k in pending}
             for fut in cf.as_completed(futures):
                 k = futures[fut]
                 try:
