@@ -11,16 +11,25 @@ import argparse
 import dataclasses
 import importlib
 import json
+import math
+import signal
 import sys
+import threading
 import tomllib
 import types
 import typing
 from pathlib import Path
 from typing import Any
 
-from ._config import ConfigError, SimConfig
+import numpy as np
 
-__all__ = ["main", "build_parser", "config_from_args"]
+from ._compile import announce_compile
+from ._config import ConfigError, SimConfig
+from ._memory import check_memory
+from ._paths import check_input_file, check_output_file
+from ._pool import raise_on_signals
+
+__all__ = ["main", "build_parser", "config_from_args", "run_status", "run_report"]
 
 _CHOICES = {
     "align": ("random", "aligned"),
@@ -125,16 +134,29 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
-    """Settings from a TOML file: top-level keys are ``SimConfig`` fields (``-`` or ``_``)."""
-    p = Path(path)
+    """Settings from a TOML file: top-level keys are ``SimConfig`` fields (``-`` or ``_``).
+
+    Raises :class:`ConfigError` (one line) if the file is missing, a folder, unreadable or
+    not TOML, or if it gives one setting twice (``task-rank`` and ``task_rank``).
+    """
+    p = check_input_file(path, flag="--config")
     try:
         with p.open("rb") as fh:
             data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"config: file not found: {p}")
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config: {p} is not valid TOML ({exc})")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+    except OSError as exc:
+        raise ConfigError(f"--config: cannot read {str(p)!r} ({exc.strerror or exc})")
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config: {p} is not valid TOML ({' '.join(str(exc).split())})")
+    out: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name in out:
+            raise ConfigError(f"--config: {spelled[name]!r} and {key!r} in {p} are the same "
+                              "setting; give it once")
+        out[name] = value
+        spelled[name] = str(key)
+    return out
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
@@ -147,34 +169,99 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     return SimConfig.from_dict(settings)
 
 
-def _check_out_path(out: str | None, suffix: str) -> Path | None:
-    if out is None:
+def _json_safe(value: Any) -> Any:
+    """``value`` with NumPy scalars made Python and non-finite floats made None (JSON has
+    no NaN or Infinity)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
         return None
-    p = Path(out)
-    if p.suffix != suffix:
-        raise ConfigError(f"out: must be a path ending in {suffix}, got {out!r}")
-    if not p.parent.exists():
-        raise ConfigError(f"out: folder {str(p.parent)!r} does not exist")
-    return p
+    return value
+
+
+def _initial_loss(result: Any) -> float:
+    """The loss at step 0: the first record, or the loss at which the run stopped if it
+    diverged at step 0 (records at and after divergence are NaN)."""
+    first = float(result.records["loss"][0])
+    if not math.isfinite(first) and result.diverged and result.diverged_step == 0:
+        return float(result.diverged_loss)
+    return first
+
+
+#: ``status`` of a run (``--json`` and the summary line), decided from what happened.
+STATUSES = ("converged", "improving", "not improving", "diverged")
+
+
+def run_status(result: Any) -> tuple[str, str]:
+    """``(status, explanation)`` of a run, one of :data:`STATUSES`:
+
+    - ``diverged``: the loss became non-finite or exceeded ``divergence_bound``;
+    - ``not improving``: the final loss is not below the initial loss;
+    - ``converged``: it is below, and over the last tenth of the steps it fell by less than
+      1% (a plateau), or it is below 10⁻⁸ of the initial loss;
+    - ``improving``: it is below and still falling by more than that.
+    """
+    c = result.config
+    if result.diverged:
+        lost = float(result.diverged_loss)
+        why = (f"loss {lost:.3g} above the bound {c.divergence_bound:g}"
+               if math.isfinite(lost) else "loss not finite")
+        return "diverged", f"at step {result.diverged_step} ({why})"
+    loss = np.asarray(result.records["loss"], dtype=float)
+    steps = np.asarray(result.loss_step)
+    initial, final = _initial_loss(result), float(loss[-1])
+    if not final < initial:
+        verb = "rose" if final > initial else "did not change"
+        return "not improving", f"the loss {verb} from {initial:.3g} to {final:.3g}"
+    # The last record at or before 90% of the run (step 0 at least: it is always recorded).
+    earlier = np.flatnonzero((steps <= c.steps - max(1, c.steps // 10)) & np.isfinite(loss))
+    at = int(earlier[-1]) if earlier.size else 0
+    ref = float(loss[at]) if earlier.size else initial
+    if final <= 1e-8 * initial or ref - final <= 0.01 * ref:
+        return "converged", ""
+    return "improving", f"still falling: {ref:.3g} at step {int(steps[at])}"
+
+
+def run_report(result: Any) -> dict[str, Any]:
+    """The JSON summary of a run: ``SimulationResult.summary()`` with the initial loss
+    taken from what happened, ``status`` (:func:`run_status`), ``diverged_loss``, and
+    ``null`` for every non-finite number."""
+    summary = dict(result.summary())
+    summary["initial_loss"] = _initial_loss(result)
+    summary["status"] = run_status(result)[0]
+    summary["diverged_loss"] = float(result.diverged_loss)
+    return {k: _json_safe(v) for k, v in summary.items()}
+
+
+def _g(x: float, spec: str = ".6g") -> str:
+    return format(x, spec) if math.isfinite(x) else "n/a"
 
 
 def _simulate_handler(args: argparse.Namespace) -> int:
     from ._simulate import simulate
 
     config = config_from_args(args)
-    out = _check_out_path(args.out, ".npz")
+    out = None
+    if args.out is not None:
+        out = check_output_file(args.out, flag="--out", suffix=".npz")
+    check_memory(config)
+    announce_compile({config.model})
     result = simulate(config)
-    summary = result.summary()
     if args.json:
-        print(json.dumps(summary, sort_keys=True))
+        print(json.dumps(run_report(result), sort_keys=True))
     else:
-        status = f"DIVERGED at step {result.diverged_step}" if result.diverged else "converging"
+        status, why = run_status(result)
+        summary = result.summary()
         print(f"{config.model} rule={config.rule} r={config.rank} s={result.scale:.6g} "
               f"{config.optimizer} lr={config.lr:g} steps={config.steps} "
               f"batch={config.batch or 'population'}")
-        print(f"initial loss {summary['initial_loss']:.6g}  final loss "
-              f"{summary['final_loss']:.6g}  mean drift ratio "
-              f"{summary['mean_drift_ratio']:.4g}  {status}")
+        if status == "diverged":
+            tail = f"DIVERGED {why}"
+        else:
+            tail = (f"final loss {_g(summary['final_loss'])}  mean drift ratio "
+                    f"{_g(summary['mean_drift_ratio'], '.4g')}  {status}"
+                    + (f" ({why})" if why else ""))
+        print(f"initial loss {_g(_initial_loss(result))}  {tail}")
     if out is not None:
         result.save(out)
         print(f"wrote {out}")
@@ -206,17 +293,46 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``signaldrift`` command; returns the exit status."""
+    """Entry point of the ``signaldrift`` command; returns the exit status.
+
+    Bad input (:class:`ConfigError`): one line, exit 2. SIGINT (Ctrl-C) or SIGTERM: the
+    work stops (a sweep kills its workers and keeps its cache), one line, exit 130 or 143.
+    A file that cannot be written after all (disk full): one line, exit 1.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with raise_on_signals():
+            return int(args.func(args) or 0)
     except ConfigError as exc:
         print(f"signaldrift: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("signaldrift: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        # A second Ctrl-C while exiting must not print a traceback. As the program
+        # (argv None) the signals stay ignored until the process ends; called from Python,
+        # the caller's handlers come back.
+        old = _ignore_stop_signals()
+        status = int(getattr(exc, "exit_status", 128 + signal.SIGINT))
+        name = signal.Signals(status - 128).name if status > 128 else "SIGINT"
+        detail = getattr(exc, "detail", "")
+        print(f"signaldrift: interrupted ({name})" + (f"; {detail}" if detail else ""),
+              file=sys.stderr, flush=True)
+        if argv is not None:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+        return status
+    except OSError as exc:
+        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"signaldrift: error: cannot write{where}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 1
+
+
+def _ignore_stop_signals() -> dict:
+    """Ignore SIGINT and SIGTERM (main thread only); returns the previous handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
 if __name__ == "__main__":  # pragma: no cover

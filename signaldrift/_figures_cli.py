@@ -8,7 +8,9 @@ Example::
 Writes ``<out>/F<n>_<name>.png``, ``.pdf`` and ``.nc`` (the plotted data) per figure, and
 ``<out>/summary.json`` (one entry per figure, plus top-level ``gamma`` and ``c`` of the rank
 law from F6). Simulations are cached in ``<out>/.cache``, so a rerun only redraws. An unknown
-``--only`` name raises :class:`ConfigError` before anything is written (exit 2).
+``--only`` name, or an ``--out`` that is a file or not writable, raises :class:`ConfigError`
+before anything is written (exit 2). Ctrl-C or SIGTERM stops within seconds (exit 130 or
+143); the finished simulations stay in the cache.
 See :mod:`signaldrift._figures` for every setting of each mode.
 """
 
@@ -19,7 +21,10 @@ import os
 import sys
 import time
 
+from ._compile import announce_compile
 from ._config import ConfigError
+from ._paths import check_output_dir
+from ._progress import GroupLog, progress_group
 
 __all__ = ["add_parser", "handler"]
 
@@ -51,16 +56,26 @@ def add_parser(subparsers) -> None:
 
 
 def handler(args: argparse.Namespace) -> int:
-    """Validate the arguments, run the figures, print where everything went; return 0."""
+    """Validate the arguments, run the figures, print where everything went; return 0.
+
+    The figure names, the mode, ``--workers`` and the output folder (a folder, or one that
+    can be created, that we can write in) are checked before anything runs. The progress
+    of every figure's sweeps is one bar (tqdm) on stderr.
+    """
     from ._figures import resolve_names, run_figures, settings
 
     names = resolve_names(args.only)  # ConfigError before anything is written
     settings(args.mode)
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers: must be an integer >= 1, got {args.workers}")
+    check_output_dir(args.out, flag="--out")
+    progress = getattr(args, "progress", True)
     t0 = time.time()
-    summary = run_figures(names, mode=args.mode, out_dir=args.out, workers=args.workers,
-                          progress=getattr(args, "progress", True))
+    announce_compile()
+    with progress_group("figures", enabled=progress) as group:
+        log = GroupLog(group, len(names)) if group is not None else sys.stderr
+        summary = run_figures(names, mode=args.mode, out_dir=args.out, workers=args.workers,
+                              progress=progress, log=log)
     g = summary.get("gamma")
     line = f"wrote {len(names)} figure(s) to {args.out} in {time.time() - t0:.1f} s"
     if isinstance(g, dict) and g.get("value") is not None:

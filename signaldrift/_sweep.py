@@ -1,13 +1,18 @@
 """Sweeps: run many configurations, cache each one on disk, gather them in an xarray Dataset.
 
 Engine (:func:`run_configs`): each configuration runs through ``signaldrift.simulate``
-(looked up at call time), serially or in a fork-context process pool; results come back in
-input order and are identical whatever the number of workers. With ``cache_dir`` every
-finished run is written at once (atomically: temporary file in the same folder, then
-``os.replace``) as ``<sha256(CACHE_VERSION + config.to_json())>.npz``, so an interrupted
-sweep resumes where it stopped. Diverged runs are kept (``diverged``), and a run that raises
-an unexpected exception is recorded as a :class:`FailedRun` (never cached, so it is retried
-next time) without losing the others.
+(looked up at call time), serially or in a :class:`~signaldrift._pool.WorkerPool`
+(fork-context processes that never outlive this one); results come back in input order and
+are identical whatever the number of workers. Before anything runs, every configuration,
+the cache folder and the memory of the sweep (:mod:`signaldrift._memory`) are checked. With
+``cache_dir`` every finished run is written at once (atomically: temporary file in the same
+folder, then ``os.replace``) as ``<sha256(CACHE_VERSION + config.to_json())>.npz``, so an
+interrupted sweep resumes where it stopped: SIGINT or SIGTERM kills the workers at once
+(their runs in progress are lost) and propagates as ``KeyboardInterrupt``. Diverged runs are
+kept (``diverged``), and a run that raises an unexpected exception is recorded as a
+:class:`FailedRun` (never cached, so it is retried next time) without losing the others.
+Progress: a tqdm bar on stderr (:mod:`signaldrift._progress`; one bar for several sweeps
+inside a ``progress_group``).
 
 Dataset layout (:func:`run_sweep`), for a grid ``{name: values}``:
 
@@ -38,10 +43,7 @@ import concurrent.futures as cf
 import dataclasses
 import hashlib
 import json
-import multiprocessing
 import os
-import sys
-import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,7 +53,12 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ._compile import announce_compile, kernels_cold, warm_up
 from ._config import ConfigError, SimConfig
+from ._memory import check_sweep_memory
+from ._paths import check_output_dir
+from ._pool import WorkerPool, raise_on_signals
+from ._progress import sweep_bar
 
 __all__ = [
     "CACHE_VERSION",
@@ -229,61 +236,6 @@ class _Stats:
     failed: int = 0
 
 
-class _Progress:
-    """A one-line text progress bar on stderr (redrawn with ``\\r`` on a terminal, a line
-    every 10% otherwise)."""
-
-    def __init__(self, total: int, *, enabled: bool, stream=None):
-        self.total, self.enabled = total, enabled and total > 0
-        self.stream = stream if stream is not None else sys.stderr
-        self.done = 0
-        self.t0 = time.monotonic()
-        self.last = -1.0
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.decile = -1
-        self.printed = -1
-
-    def update(self, stats: _Stats, *, force: bool = False) -> None:
-        if not self.enabled or (force and self.printed == self.done):
-            return
-        now = time.monotonic()
-        frac = self.done / self.total
-        if self.tty:
-            if not force and now - self.last < 0.1 and self.done < self.total:
-                return
-        else:
-            decile = int(10 * frac)
-            if not force and decile == self.decile:
-                return
-            self.decile = decile
-        self.last = now
-        self.printed = self.done
-        width = 24
-        fill = int(round(width * frac))
-        el = now - self.t0
-        ran_now = max(self.done - stats.cached, 0)
-        eta = ""
-        if 0 < ran_now and self.done < self.total:
-            eta = f", eta {_fmt_time(el / ran_now * (self.total - self.done))}"
-        line = (f"sweep {self.done:>{len(str(self.total))}}/{self.total} "
-                f"[{'#' * fill}{'.' * (width - fill)}] {100 * frac:3.0f}%  "
-                f"cached {stats.cached}, diverged {stats.diverged}, failed {stats.failed}  "
-                f"{_fmt_time(el)}{eta}")
-        if self.tty:
-            self.stream.write("\r" + line + "\x1b[K")
-            if self.done >= self.total:
-                self.stream.write("\n")
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-
-def _fmt_time(sec: float) -> str:
-    sec = int(round(sec))
-    return f"{sec // 3600}:{sec // 60 % 60:02d}:{sec % 60:02d}" if sec >= 3600 else \
-        f"{sec // 60}:{sec % 60:02d}"
-
-
 def _cache_path(cache_dir: Path, key: str) -> Path:
     return cache_dir / f"{key}.npz"
 
@@ -302,6 +254,22 @@ def _write_cache(result, path: Path) -> None:
             tmp.unlink()
         except OSError:
             pass
+
+
+def _remove_temporaries(cache_dir: Path, pids) -> None:
+    """Remove the temporary files that killed workers ``pids`` were writing (names hold the
+    writer's pid: see :func:`_write_cache` and ``SimulationResult.save``)."""
+    marks = [f".{pid}.tmp" for pid in pids]
+    try:
+        names = [p for p in cache_dir.iterdir() if p.name.startswith(".")]
+    except OSError:
+        return
+    for p in names:
+        if any(mark in p.name for mark in marks):
+            try:
+                p.unlink()
+            except OSError:
+                pass
 
 
 def _read_cache(path: Path, config: SimConfig):
@@ -342,6 +310,26 @@ def _check_workers(workers: Any) -> int:
     return int(workers)
 
 
+def _check_cache_dir(cache_dir) -> Path | None:
+    """``cache_dir`` as a Path after checking that it is (or can be made) a writable
+    folder; ConfigError otherwise. Creates nothing."""
+    if cache_dir is None:
+        return None
+    try:
+        return check_output_dir(cache_dir, flag="cache_dir")
+    except TypeError:
+        raise ConfigError(f"cache_dir: must be a folder path or None, got "
+                          f"{type(cache_dir).__name__}") from None
+
+
+def _open_cache_dir(cdir: Path) -> None:
+    try:
+        cdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cache_dir: cannot create folder {str(cdir)!r} "
+                          f"({exc.strerror or exc})") from None
+
+
 def _run_configs(configs, *, workers=1, cache_dir=None, progress=True):
     """:func:`run_configs` that also returns the counts (:class:`_Stats`)."""
     configs = list(configs)
@@ -353,40 +341,76 @@ def _run_configs(configs, *, workers=1, cache_dir=None, progress=True):
     unique: dict[str, SimConfig] = {}
     for k, c in zip(keys, configs):
         unique.setdefault(k, c)
+    # Everything is checked before anything runs or is written: the cache folder, and the
+    # memory the runs side by side and the results kept need (SIGNALDRIFT_MAX_MEMORY).
+    cdir = _check_cache_dir(cache_dir)
+    check_sweep_memory(list(unique.values()), min(workers, max(1, len(unique))))
     stats = _Stats(total=len(configs), unique=len(unique))
-    done: dict[str, Any] = {}
-    cdir = None
-    if cache_dir is not None:
-        cdir = Path(cache_dir)
-        cdir.mkdir(parents=True, exist_ok=True)
-        for k, c in unique.items():
-            res = _read_cache(_cache_path(cdir, k), c)
-            if res is not None:
-                done[k] = res
-                stats.cached += 1
-                stats.diverged += bool(res.diverged)
+    done = _from_cache(cdir, unique, stats)
     pending = [k for k in unique if k not in done]
-    bar = _Progress(len(unique), enabled=progress)
-    bar.done = len(done)
-    bar.update(stats, force=True)
+    if pending and progress:
+        announce_compile({unique[k].model for k in pending})
+    try:
+        with raise_on_signals(), sweep_bar(len(unique), enabled=progress) as bar:
+            bar.advance(cached=len(done), diverged=stats.diverged)
 
-    def finish(k, res):
-        done[k] = res
-        stats.ran += 1
-        stats.failed += bool(getattr(res, "failed", False))
-        stats.diverged += bool(res.diverged) and not getattr(res, "failed", False)
-        bar.done += 1
-        bar.update(stats)
+            def finish(k, res):
+                done[k] = res
+                failed = bool(getattr(res, "failed", False))
+                div = bool(res.diverged) and not failed
+                stats.ran += 1
+                stats.failed += failed
+                stats.diverged += div
+                bar.advance(ran=1, diverged=div, failed=failed)
 
-    cdir_s = None if cdir is None else str(cdir)
-    if workers == 1 or len(pending) <= 1:
-        for k in pending:
-            finish(k, _run_one(unique[k], cdir_s))
-    else:
-        ctx = multiprocessing.get_context("fork")
-        pool = cf.ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=ctx)
-        try:
-            futures = {pool.submit(_run_one, unique[k], cdir_s): k for k in pending}
+            if workers > 1 and len(pending) > 1:
+                _run_parallel(unique, pending, workers, cdir, finish)
+            else:
+                for k in pending:
+                    finish(k, _run_one(unique[k], None if cdir is None else str(cdir)))
+    except KeyboardInterrupt as exc:
+        exc.detail = _what_was_kept(stats, cdir)
+        raise
+    return [done[k] for k in keys], stats
+
+
+def _from_cache(cdir: Path | None, unique: dict[str, SimConfig], stats: _Stats) -> dict:
+    """The cached results among ``unique`` (key -> result), counted in ``stats``; creates
+    the cache folder."""
+    done: dict[str, Any] = {}
+    if cdir is None:
+        return done
+    _open_cache_dir(cdir)
+    for k, c in unique.items():
+        res = _read_cache(_cache_path(cdir, k), c)
+        if res is not None:
+            done[k] = res
+            stats.cached += 1
+            stats.diverged += bool(res.diverged)
+    return done
+
+
+def _what_was_kept(stats: _Stats, cdir: Path | None) -> str:
+    """One clause for the interruption message: how many runs are kept, and where."""
+    n_done = stats.cached + stats.ran - stats.failed
+    if cdir is None:
+        return f"{n_done} of {stats.unique} runs had finished (no cache: they are lost)"
+    return (f"{n_done} of {stats.unique} runs finished, kept in the cache {cdir}; run the "
+            "same command again to resume")
+
+
+def _run_parallel(unique, pending, workers, cdir, finish) -> None:
+    """Run ``pending`` in a :class:`~signaldrift._pool.WorkerPool`; ``finish(key, result)``
+    as each completes. An interruption kills the workers (the runs they had started are
+    lost, their temporary files removed); what finished is in the cache already."""
+    models = {unique[k].model for k in pending}
+    if kernels_cold(models):
+        warm_up(models)  # compile once here, not once in every worker
+    cache = None if cdir is None else str(cdir)
+    pool = WorkerPool(min(workers, len(pending)))
+    try:
+        with pool:
+            futures = {pool.submit(_run_one, unique[k], cache): k for k in pending}
             for fut in cf.as_completed(futures):
                 k = futures[fut]
                 try:
@@ -398,12 +422,9 @@ def _run_configs(configs, *, workers=1, cache_dir=None, progress=True):
                     msg = " ".join(f"{type(exc).__name__}: {exc}".split())
                     res = FailedRun(config=unique[k], error=msg)
                 finish(k, res)
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-        pool.shutdown(wait=True)
-    bar.update(stats, force=True)
-    return [done[k] for k in keys], stats
+    finally:
+        if pool.killed and cdir is not None:
+            _remove_temporaries(cdir, pool.killed)
 
 
 def run_configs(configs: Sequence[SimConfig], *, workers: int = 1,
@@ -413,15 +434,21 @@ def run_configs(configs: Sequence[SimConfig], *, workers: int = 1,
     **Arguments:**
     - `configs`: the configurations (duplicates run once and share the result).
     - `workers`: number of processes; 1 runs in this process, >1 uses a fork-context
-      ``ProcessPoolExecutor``. Results do not depend on it (each run is seeded by its
-      config alone).
+      process pool (:class:`~signaldrift._pool.WorkerPool`: workers never outlive this
+      process). Results do not depend on it (each run is seeded by its config alone).
     - `cache_dir`: folder of cached results (created if needed); ``None``: no cache.
       A cached result is used only if its stored config equals the requested one.
-    - `progress`: print a text progress bar on stderr.
+    - `progress`: show a progress bar (tqdm) on stderr, and a line when Numba compiles.
 
     **Returns:** a list of ``SimulationResult`` (or :class:`FailedRun` for a run that raised),
-    one per config, in input order. ``KeyboardInterrupt`` propagates; everything finished
-    before it is in the cache.
+    one per config, in input order.
+
+    Raises :class:`ConfigError` before anything runs for an invalid configuration or
+    ``cache_dir`` (a file, not writable), and when a run or the whole sweep would need more
+    memory than ``SIGNALDRIFT_MAX_MEMORY`` (:mod:`signaldrift._memory`). On SIGINT
+    (``KeyboardInterrupt``) or SIGTERM (:class:`~signaldrift._pool.Interrupted`) the workers
+    are killed at once and the exception propagates, its ``detail`` attribute saying how
+    many runs finished; every finished run is in the cache.
     """
     return _run_configs(configs, workers=workers, cache_dir=cache_dir, progress=progress)[0]
 

@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 
 from ._config import ConfigError, SimConfig
+from ._memory import check_sweep_memory
+from ._paths import check_output_dir, check_output_file
 from ._sweep import _normalise, _parse_grid, _run_sweep, expand_grid, save_dataset
 
 __all__ = ["add_parser", "handler", "parse_settings"]
@@ -167,8 +169,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--workers", type=str, default=None,
                    help=f"processes (default: all cores, {os.cpu_count()})")
     p.add_argument("--cache", metavar="DIR", default=None,
-                   help="cache folder (default: .sweep-cache next to the output)")
-    p.add_argument("--no-cache", action="store_true", help="do not cache runs")
+                   help="cache folder (default: .sweep-cache next to the output); a rerun "
+                        "reuses every run found there")
+    p.add_argument("--no-cache", action="store_true",
+                   help="do not cache runs (conflicts with --cache)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     g = p.add_argument_group(
         "simulation settings",
@@ -202,19 +206,23 @@ def _workers(text: str | None) -> int:
 
 def handler(args: argparse.Namespace) -> int:
     """Validate, run the sweep, write the netCDF, print a summary. Returns the exit code
-    (0; 1 if some configuration failed — its results are still written)."""
-    out = Path(args.out)
-    if out.suffix != ".nc":
-        raise ConfigError(f"--out: must end in .nc, got {args.out!r}")
-    if out.exists() and out.is_dir():
-        raise ConfigError(f"--out: {args.out!r} is a folder; give a file name ending in .nc")
+    (0; 1 if some configuration failed — its results are still written).
+
+    Everything is checked before any run and before anything is written: the settings and
+    every grid point, the output file and the cache folder (paths, writable), and the
+    memory the sweep needs (:mod:`signaldrift._memory`).
+    """
+    if args.no_cache and args.cache is not None:
+        raise ConfigError(f"--cache {args.cache} and --no-cache conflict; give one")
+    out = check_output_file(args.out, flag="--out", suffix=".nc", create_folder=True)
     workers = _workers(args.workers)
     base, grid = parse_settings(args)
     cache = None
     if not args.no_cache:
         cache = Path(args.cache) if args.cache is not None else out.parent / ".sweep-cache"
-        if cache.exists() and not cache.is_dir():
-            raise ConfigError(f"--cache: {str(cache)!r} exists and is not a folder")
+        check_output_dir(cache, flag="--cache")
+    configs, _ = expand_grid(base, grid)
+    check_sweep_memory(configs, min(workers, len(configs)))
     out.parent.mkdir(parents=True, exist_ok=True)
     ds, stats = _run_sweep(base, grid, workers=workers, cache_dir=cache,
                            progress=not args.no_progress)

@@ -620,6 +620,11 @@ def handler(args: argparse.Namespace) -> int:
     Raises:
         ConfigError: torch missing, CUDA unavailable, or a bad threshold.
     """
+    json_path = getattr(args, "json", None)
+    if json_path:  # checked before the (long) run, so that its verdict is not lost
+        from ._paths import check_output_file
+
+        check_output_file(json_path, flag="--json")
     torch = _torch()
     device = getattr(args, "device", "auto")
     dev = str(_device(torch, device))
@@ -631,7 +636,6 @@ def handler(args: argparse.Namespace) -> int:
         threshold = DEFAULT_THRESHOLD
     if not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold > 0):
         raise ConfigError(f"threshold: must be a finite number > 0, got {threshold!r}")
-    json_path = getattr(args, "json", None)
     rows: list[CrossCheckRow] = []
     t0 = time.perf_counter()
     for cfg in default_configs():
@@ -649,8 +653,9 @@ def handler(args: argparse.Namespace) -> int:
                   "torch_version": str(torch.__version__),
                   "seconds": time.perf_counter() - t0,
                   "rows": [r.to_dict() for r in rows]}
-        Path(json_path).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     print(verdict, flush=True)
     sys.stdout.flush()
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     return 0 if ok else 1
 

@@ -205,3 +205,71 @@ def test_package_imports_without_torch():
     code = "import sys, signaldrift; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "False"
+
+
+# --------------------------------------------------------------------------- status and JSON
+def _strict_json(text):
+    """Parse as standard JSON: NaN and Infinity (Python's extensions) are errors."""
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture
+def run(capsys):
+    """``signaldrift simulate *argv`` in this process; returns its stdout."""
+    def run_(argv):
+        assert main(["simulate", *argv]) == 0
+        return capsys.readouterr().out
+    return run_
+
+
+FULL_GD = ["--model", "full", "--optimizer", "sgd", "--d", "16", "--m", "12",
+           "--task-rank", "3"]
+
+
+def test_json_of_a_diverged_run_is_valid_json_with_a_status(run):
+    # SGD at lr = 100 blows up within a few steps (the loss passes 10⁶).
+    s = _strict_json(run([*SMALL, "--optimizer", "sgd", "--lr", "100", "--json"]))
+    assert s["status"] == "diverged" and s["diverged"] is True
+    assert s["final_loss"] is None  # was Infinity, which is not JSON
+    assert s["diverged_step"] >= 0 and s["diverged_loss"] > 1e6
+    assert s["initial_loss"] == pytest.approx(0.5, rel=1e-12)  # the task's normalisation
+
+
+def test_divergence_at_step_0_reports_the_initial_loss(run):
+    # Every task starts at excess loss ½ (THEORY §1); a bound of 0.1 stops it at step 0.
+    text = run([*SMALL, "--divergence-bound", "0.1"])
+    assert "initial loss 0.5 " in text and "nan" not in text
+    assert "DIVERGED at step 0 (loss 0.5 above the bound 0.1)" in text
+    s = _strict_json(run([*SMALL, "--divergence-bound", "0.1", "--json"]))
+    assert s["initial_loss"] == pytest.approx(0.5, rel=1e-12) and s["status"] == "diverged"
+
+
+def test_a_rising_loss_is_not_called_converging(run):
+    # Full fine-tuning, isotropic Σ, exact gradient: the error scales by |1 − lr| = 1.05
+    # per step, so after 70 steps the loss is ½·1.05^140 ≈ 463: rising, below the bound.
+    text = run([*FULL_GD, "--lr", "2.05", "--steps", "70"])
+    assert "not improving (the loss rose from 0.5 to 463)" in text, text
+    assert "converg" not in text
+    s = _strict_json(run([*FULL_GD, "--lr", "2.05", "--steps", "70", "--json"]))
+    assert s["status"] == "not improving"
+    assert s["final_loss"] == pytest.approx(0.5 * 1.05 ** 140, rel=1e-9)
+
+
+@pytest.mark.parametrize("argv, status", [
+    (["--lr", "1.0", "--steps", "5"], "converged"),  # lr = 1/λ: the error is 0 after 1 step
+    (["--lr", "0.01", "--steps", "20"], "improving"),  # (1 − 0.01)^40: still falling 2%/step
+])
+def test_status_from_what_happened(run, argv, status):
+    s = _strict_json(run([*FULL_GD, *argv, "--json"]))
+    assert s["status"] == status
+
+
+def test_toml_giving_a_setting_twice_is_an_error(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text("task-rank = 3\ntask_rank = 4\n")
+    proc = subprocess.run([sys.executable, "-m", "signaldrift._cli", "simulate", "--config",
+                           str(toml)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "'task-rank' and 'task_rank'" in proc.stderr and "\n" not in proc.stderr.strip()

@@ -152,12 +152,32 @@ def test_parallel_results_in_input_order_not_completion_order(monkeypatch):
 
 
 def test_progress_bar_on_stderr(monkeypatch, capsys):
+    # A tqdm bar: "sweep: 100%|…| 3/3 […, cached=0, diverged=0, failed=0]".
     monkeypatch.setattr(signaldrift, "simulate", fake_simulate)
     run_configs([TINY.replace(lr=lr) for lr in (1e-3, 2e-3, 3e-3)], progress=True)
     err = capsys.readouterr().err
-    assert "sweep 3/3" in err and "100%" in err and "failed 0" in err
+    assert "sweep: 100%" in err and "3/3" in err and "failed=0" in err
     run_configs([TINY], progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_progress_group_is_one_bar_across_sweeps(monkeypatch, capsys):
+    # `signaldrift figures` runs several sweeps inside one group: one bar whose total grows
+    # to every run of every sweep (2 + 3 = 5 here), not one bar per sweep.
+    from signaldrift._progress import GroupLog, progress_group
+
+    monkeypatch.setattr(signaldrift, "simulate", fake_simulate)
+    with progress_group("figures") as group:
+        log = GroupLog(group, 2)
+        print("[figures] F1 spectral_suppression ...", file=log)
+        run_configs([TINY.replace(lr=lr) for lr in (1e-3, 2e-3)], progress=True)
+        print("[figures] F1 done in 0.1 s", file=log)
+        print("[figures] F2 optimisation_gap ...", file=log)
+        run_configs([TINY.replace(lr=lr) for lr in (3e-3, 4e-3, 5e-3)], progress=True)
+    err = capsys.readouterr().err
+    assert "sweep:" not in err  # no bar of its own
+    assert "figures F2 (2/2): 100%" in err and "5/5" in err
+    assert "[figures] F1 done in 0.1 s" in err  # log lines are printed above the bar
 
 
 def test_workers_give_bitwise_identical_results(tmp_path):
@@ -424,3 +444,10 @@ def test_cache_key_changes_with_the_simulator_code(monkeypatch):
                         lambda self: real(self) + (b"# edit" if self.name == "_kernels.py" else b""))
     assert sweep.simulator_fingerprint() != before
     assert sweep.CACHE_VERSION.endswith(before)
+
+
+def test_cli_cache_and_no_cache_conflict(tmp_path):
+    with pytest.raises(ConfigError, match="--cache c and --no-cache conflict"):
+        run_cli(["--lr", "1e-3,1e-2", "--cache", "c", "--no-cache",
+                 "--out", str(tmp_path / "o.nc")])
+    assert list(tmp_path.iterdir()) == []

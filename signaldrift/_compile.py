@@ -1,0 +1,67 @@
+"""Numba's first-run compile: tell the user, and compile once before workers fork.
+
+The kernels are compiled with ``cache=True``: the first run on a machine (or after the
+kernels' source changed) compiles them, which takes about a minute on 2 cores and would
+otherwise look like a hang. :func:`announce_compile` prints one line on stderr when Numba's
+on-disk cache holds no current compiled code for a kernel about to be used;
+:func:`warm_up` compiles them in this process, so that forked workers inherit the compiled
+code instead of each compiling its own copy.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from typing import TextIO
+
+__all__ = ["kernels_cold", "announce_compile", "warm_up"]
+
+_KERNELS = {"lora": "lora_segment", "full": "full_segment"}
+_announced = False
+
+
+def kernels_cold(models: Iterable[str] = ("lora", "full")) -> bool:
+    """Whether a kernel of ``models`` will be compiled (not loaded) by its next call in
+    this process: not compiled here yet, and no current entry in Numba's cache index.
+
+    A heuristic on Numba's cache internals; if they cannot be read, returns False.
+    """
+    try:
+        from . import _kernels
+
+        for model in set(models):
+            kernel = getattr(_kernels, _KERNELS.get(model, ""), None)
+            if kernel is None or kernel.signatures:
+                continue
+            if not kernel._cache._cache_file._load_index():
+                return True
+    except Exception:  # noqa: BLE001 - a notice is not worth a failure
+        return False
+    return False
+
+
+def announce_compile(models: Iterable[str] = ("lora", "full"), *,
+                     stream: TextIO | None = None) -> bool:
+    """Print ``compiling Numba kernels …`` once per process if :func:`kernels_cold`;
+    returns whether the kernels are cold."""
+    global _announced
+    cold = kernels_cold(models)
+    if cold and not _announced:
+        _announced = True
+        print("signaldrift: compiling Numba kernels (first run only, about a minute; "
+              "later runs load them from the cache)...", file=stream or sys.stderr,
+              flush=True)
+    return cold
+
+
+def warm_up(models: Iterable[str] = ("lora", "full")) -> None:
+    """Compile (or load) the kernels of ``models`` in this process with tiny runs of the
+    real simulator, covering population and minibatch gradients."""
+    from ._config import SimConfig
+    from ._simulate import simulate
+
+    tiny = SimConfig(d=8, m=8, task_rank=2, rank=2, steps=2, record_every=1)
+    for model in sorted(set(models) & set(_KERNELS)):
+        for batch in (0, 2):
+            simulate(tiny.replace(model=model, batch=batch,
+                                  optimizer="sgd" if model == "full" else "adam"))
