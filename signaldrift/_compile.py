@@ -16,7 +16,7 @@ from typing import TextIO
 
 __all__ = ["kernels_cold", "announce_compile", "warm_up"]
 
-_KERNELS = {"lora": "lora_segment", "full": "full_segment"}
+_KERNELS = {"lora": "lora_block", "full": "full_block"}
 _announced = False
 
 

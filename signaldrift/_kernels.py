@@ -30,8 +30,17 @@ for the eigenbasis or for SGD, which is rotation-equivariant).
 
 from __future__ import annotations
 
+import os
+
+import numba
 import numpy as np
 from numba import njit
+
+# The block kernels run ``prange`` loops, and sweeps fork worker processes after a kernel
+# ran in the parent: GNU OpenMP is not fork-safe, so pick a fork-safe threading layer (TBB
+# if installed, else Numba's workqueue) unless the user chose one.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "forksafe"
 
 from numba import prange
 

@@ -1,9 +1,13 @@
 """Sweeps: run many configurations, cache each one on disk, gather them in an xarray Dataset.
 
-Engine (:func:`run_configs`): each configuration runs through ``signaldrift.simulate``
-(looked up at call time), serially or in a :class:`~signaldrift._pool.WorkerPool`
-(fork-context processes that never outlive this one); results come back in input order and
-are identical whatever the number of workers. Before anything runs, every configuration,
+Engine (:func:`run_configs`): configurations that share shapes, optimiser kind, basis
+kind, data mode and record layout (:func:`signaldrift._simulate.block_key`) run in blocks,
+one call of the batched kernels per block (:func:`signaldrift._simulate.simulate_block`,
+bit-identical to running each alone), serially or in a
+:class:`~signaldrift._pool.WorkerPool` (fork-context processes that never outlive this
+one, one block at a time each); results come back in input order and are identical
+whatever the number of workers and the block size. When ``signaldrift.simulate`` has been
+replaced (tests do this) every configuration goes through it one by one. Before anything runs, every configuration,
 the cache folder and the memory of the sweep (:mod:`signaldrift._memory`) are checked. With
 ``cache_dir`` every finished run is written at once (atomically: temporary file in the same
 folder, then ``os.replace``) as ``<sha256(CACHE_VERSION + config.to_json())>.npz``, so an
@@ -73,9 +77,10 @@ __all__ = [
 ]
 
 # The modules whose source determines what `simulate` returns for a config.
-_SIMULATOR_SOURCES = ("_config.py", "_task.py", "_seeding.py", "_init.py", "_scaling.py",
-                      "_schedules.py", "_sampling.py", "_kernels.py", "_simulate.py",
-                      "_result.py", "_sharpness.py", "_generated/factorised.py")
+_SIMULATOR_SOURCES = ("_config.py", "_task.py", "_basis.py", "_rng.py", "_seeding.py",
+                      "_init.py", "_scaling.py", "_schedules.py", "_sampling.py",
+                      "_kernels.py", "_simulate.py", "_result.py", "_sharpness.py",
+                      "_generated/factorised.py")
 
 
 def simulator_fingerprint() -> str:
@@ -289,6 +294,48 @@ def _read_cache(path: Path, config: SimConfig):
     return res
 
 
+#: Most configurations per block: a worker's block is lost when a sweep is interrupted.
+_MAX_BLOCK = 16
+
+
+def _blocks(configs: dict[str, SimConfig], pending: list[str], workers: int
+            ) -> list[list[str]]:
+    """``pending`` keys grouped by block key (in order of first appearance), each group cut
+    into blocks of at most ``_MAX_BLOCK``, and small enough that every worker gets about
+    four blocks."""
+    from ._simulate import block_key
+
+    groups: dict[tuple, list[str]] = {}
+    for k in pending:
+        groups.setdefault(block_key(configs[k]), []).append(k)
+    per_block = max(1, min(_MAX_BLOCK, -(-len(pending) // (4 * workers))))
+    return [keys[i:i + per_block] for keys in groups.values()
+            for i in range(0, len(keys), per_block)]
+
+
+def _run_block(configs: list[SimConfig], cache_dir: str | None) -> list:
+    """Run a block of configurations (one kernel call when the real simulator is in place)
+    and cache each result; a block that raises is rerun one configuration at a time, so a
+    failure becomes the :class:`FailedRun` of the configuration that caused it."""
+    import signaldrift
+
+    from . import _simulate
+
+    results = None
+    if (len(configs) > 1 and signaldrift.simulate is _simulate.simulate
+            and all(c.engine == "full" for c in configs)):
+        try:
+            results = _simulate.simulate_block(configs)
+        except Exception:  # noqa: BLE001 - isolate the failing configuration below
+            results = None
+    if results is None:
+        return [_run_one(c, cache_dir) for c in configs]
+    if cache_dir is not None:
+        for c, res in zip(configs, results):
+            _write_cache(res, _cache_path(Path(cache_dir), config_key(c)))
+    return results
+
+
 def _run_one(config: SimConfig, cache_dir: str | None):
     """Run one config through ``signaldrift.simulate`` (looked up now, so tests can
     substitute it) and cache it; an exception becomes a :class:`FailedRun`."""
@@ -363,11 +410,15 @@ def _run_configs(configs, *, workers=1, cache_dir=None, progress=True):
                 stats.diverged += div
                 bar.advance(ran=1, diverged=div, failed=failed)
 
-            if workers > 1 and len(pending) > 1:
-                _run_parallel(unique, pending, workers, cdir, finish)
+            blocks = _blocks(unique, pending, workers)
+            if workers > 1 and len(blocks) > 1:
+                _run_parallel(unique, blocks, workers, cdir, finish)
             else:
-                for k in pending:
-                    finish(k, _run_one(unique[k], None if cdir is None else str(cdir)))
+                for block in blocks:
+                    results = _run_block([unique[k] for k in block],
+                                         None if cdir is None else str(cdir))
+                    for k, res in zip(block, results):
+                        finish(k, res)
     except KeyboardInterrupt as exc:
         exc.detail = _what_was_kept(stats, cdir)
         raise
@@ -399,29 +450,33 @@ def _what_was_kept(stats: _Stats, cdir: Path | None) -> str:
             "same command again to resume")
 
 
-def _run_parallel(unique, pending, workers, cdir, finish) -> None:
-    """Run ``pending`` in a :class:`~signaldrift._pool.WorkerPool`; ``finish(key, result)``
-    as each completes. An interruption kills the workers (the runs they had started are
-    lost, their temporary files removed); what finished is in the cache already."""
-    models = {unique[k].model for k in pending}
+def _run_parallel(unique, blocks, workers, cdir, finish) -> None:
+    """Run ``blocks`` (lists of keys) in a :class:`~signaldrift._pool.WorkerPool`;
+    ``finish(key, result)`` as each block completes. An interruption kills the workers (the
+    runs they had started are lost, their temporary files removed); what finished is in the
+    cache already."""
+    models = {unique[k].model for block in blocks for k in block}
     if kernels_cold(models):
         warm_up(models)  # compile once here, not once in every worker
     cache = None if cdir is None else str(cdir)
-    pool = WorkerPool(min(workers, len(pending)))
+    pool = WorkerPool(min(workers, len(blocks)))
     try:
         with pool:
-            futures = {pool.submit(_run_one, unique[k], cache): k for k in pending}
+            futures = {pool.submit(_run_block, [unique[k] for k in block], cache): block
+                       for block in blocks}
             for fut in cf.as_completed(futures):
-                k = futures[fut]
+                block = futures[fut]
                 try:
-                    res = fut.result()
+                    results = fut.result()
                 except Exception as exc:  # noqa: BLE001
                     # A worker died (e.g. killed for memory: BrokenProcessPool, and every
-                    # later run fails too) or the result could not be sent back: record it
-                    # as failed (not cached, so the next run retries it), keep the others.
+                    # later run fails too) or the results could not be sent back: record
+                    # them as failed (not cached, so the next run retries them), keep the
+                    # others.
                     msg = " ".join(f"{type(exc).__name__}: {exc}".split())
-                    res = FailedRun(config=unique[k], error=msg)
-                finish(k, res)
+                    results = [FailedRun(config=unique[k], error=msg) for k in block]
+                for k, res in zip(block, results):
+                    finish(k, res)
     finally:
         if pool.killed and cdir is not None:
             _remove_temporaries(cdir, pool.killed)
