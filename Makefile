@@ -14,9 +14,9 @@ $(BIN)/signaldrift: pyproject.toml
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
-# + pytest, hypothesis, torch, peft.
+# + pytest, hypothesis, torch, peft, dask[distributed].
 $(VENV)/.test-extras: $(BIN)/signaldrift
-	$(BIN)/pip install --quiet -e '.[test,torch]'
+	$(BIN)/pip install --quiet -e '.[test,torch,dask]'
 	touch $@
 
 setup: $(BIN)/signaldrift

@@ -377,13 +377,28 @@ def _open_cache_dir(cdir: Path) -> None:
                           f"({exc.strerror or exc})") from None
 
 
-def _run_configs(configs, *, workers=1, cache_dir=None, progress=True):
+def _check_client(client, workers: int):
+    """``client`` must be a ``distributed.Client`` (duck-typed: ``submit``) and exclude
+    ``workers`` > 1 (the cluster's workers do the work)."""
+    if client is None:
+        return None
+    if not callable(getattr(client, "submit", None)):
+        raise ConfigError(f"client: must be a dask.distributed Client, got "
+                          f"{type(client).__name__}")
+    if workers != 1:
+        raise ConfigError(f"client: runs on the Dask cluster's workers; give workers = 1 "
+                          f"(the default), got workers = {workers}")
+    return client
+
+
+def _run_configs(configs, *, workers=1, cache_dir=None, progress=True, client=None):
     """:func:`run_configs` that also returns the counts (:class:`_Stats`)."""
     configs = list(configs)
     for i, c in enumerate(configs):
         if not isinstance(c, SimConfig):
             raise ConfigError(f"configs[{i}]: must be a SimConfig, got {type(c).__name__}")
     workers = _check_workers(workers)
+    client = _check_client(client, workers)
     keys = [config_key(c) for c in configs]
     unique: dict[str, SimConfig] = {}
     for k, c in zip(keys, configs):
@@ -410,8 +425,13 @@ def _run_configs(configs, *, workers=1, cache_dir=None, progress=True):
                 stats.diverged += div
                 bar.advance(ran=1, diverged=div, failed=failed)
 
-            blocks = _blocks(unique, pending, workers)
-            if workers > 1 and len(blocks) > 1:
+            n_parts = workers
+            if client is not None:
+                n_parts = max(1, len(client.scheduler_info().get("workers", {})) or 1)
+            blocks = _blocks(unique, pending, n_parts)
+            if client is not None:
+                _run_dask(client, unique, blocks, cdir, finish)
+            elif workers > 1 and len(blocks) > 1:
                 _run_parallel(unique, blocks, workers, cdir, finish)
             else:
                 for block in blocks:
@@ -482,8 +502,36 @@ def _run_parallel(unique, blocks, workers, cdir, finish) -> None:
             _remove_temporaries(cdir, pool.killed)
 
 
+def _run_dask(client, unique, blocks, cdir, finish) -> None:
+    """Run ``blocks`` as tasks of a Dask cluster; gather the results here, cache them here
+    (the cluster needs no access to the cache folder), ``finish(key, result)`` as each
+    block completes. Dask recomputes the block of a lost worker on another one (up to its
+    ``allowed-failures``; then the block's runs are recorded as failed). An interruption
+    cancels what is still pending on the cluster."""
+    from distributed import as_completed
+
+    futures = {client.submit(_run_block, [unique[k] for k in block], None, pure=False):
+               block for block in blocks}
+    try:
+        for fut in as_completed(list(futures)):
+            block = futures[fut]
+            try:
+                results = fut.result()
+            except Exception as exc:  # noqa: BLE001 - e.g. KilledWorker: keep the others
+                msg = " ".join(f"{type(exc).__name__}: {exc}".split())
+                results = [FailedRun(config=unique[k], error=msg) for k in block]
+            for k, res in zip(block, results):
+                if cdir is not None and not getattr(res, "failed", False):
+                    _write_cache(res, _cache_path(cdir, k))
+                finish(k, res)
+    except BaseException:
+        client.cancel(list(futures))
+        raise
+
+
 def run_configs(configs: Sequence[SimConfig], *, workers: int = 1,
-                cache_dir: str | os.PathLike | None = None, progress: bool = True) -> list:
+                cache_dir: str | os.PathLike | None = None, progress: bool = True,
+                client=None) -> list:
     """Run every configuration through ``signaldrift.simulate``; results in input order.
 
     **Arguments:**
@@ -494,6 +542,9 @@ def run_configs(configs: Sequence[SimConfig], *, workers: int = 1,
     - `cache_dir`: folder of cached results (created if needed); ``None``: no cache.
       A cached result is used only if its stored config equals the requested one.
     - `progress`: show a progress bar (tqdm) on stderr, and a line when Numba compiles.
+    - `client`: a ``dask.distributed.Client``: run the blocks on its cluster instead
+      (``workers`` must stay 1). Results, cache and resume are exactly as locally: the
+      results come back here and are cached here. Needs the ``dask`` extra.
 
     **Returns:** a list of ``SimulationResult`` (or :class:`FailedRun` for a run that raised),
     one per config, in input order.
@@ -505,7 +556,8 @@ def run_configs(configs: Sequence[SimConfig], *, workers: int = 1,
     are killed at once and the exception propagates, its ``detail`` attribute saying how
     many runs finished; every finished run is in the cache.
     """
-    return _run_configs(configs, workers=workers, cache_dir=cache_dir, progress=progress)[0]
+    return _run_configs(configs, workers=workers, cache_dir=cache_dir, progress=progress,
+                        client=client)[0]
 
 
 # ---------------------------------------------------------------------------- dataset
@@ -612,25 +664,26 @@ def _dataset(base: SimConfig, grid, mode: str, names: list[str], values, configs
     return ds
 
 
-def _run_sweep(base, grid, *, workers=1, cache_dir=None, progress=True):
+def _run_sweep(base, grid, *, workers=1, cache_dir=None, progress=True, client=None):
     """:func:`run_sweep` that also returns the counts (:class:`_Stats`)."""
     _check_workers(workers)
     configs, _ = expand_grid(base, grid)
     mode, names, values = _parse_grid(grid)
     results, stats = _run_configs(configs, workers=workers, cache_dir=cache_dir,
-                                  progress=progress)
+                                  progress=progress, client=client)
     return _dataset(base, grid, mode, names, values, configs, results), stats
 
 
 def run_sweep(base: SimConfig, grid, *, workers: int = 1,
-              cache_dir: str | os.PathLike | None = None, progress: bool = True) -> xr.Dataset:
+              cache_dir: str | os.PathLike | None = None, progress: bool = True,
+              client=None) -> xr.Dataset:
     """Run ``base`` over ``grid`` and gather the results in an ``xarray.Dataset``.
 
     **Arguments:**
     - `base`: the base :class:`SimConfig`.
     - `grid`: ordered mapping setting name -> list of values (any SimConfig field;
       Cartesian product), or a list of override dicts (list mode, a ``config`` dimension).
-    - `workers`, `cache_dir`, `progress`: as in :func:`run_configs`.
+    - `workers`, `cache_dir`, `progress`, `client`: as in :func:`run_configs`.
 
     **Returns:** the Dataset described in the module docstring.
     Raises :class:`ConfigError` for an invalid grid before anything runs.
@@ -641,7 +694,8 @@ def run_sweep(base: SimConfig, grid, *, workers: int = 1,
                        {"lr": [1e-3, 1e-2], "alpha": [1.0, 16.0], "seed": [0, 1]})
         ds.final_loss.mean("seed").sel(alpha=16.0)
     """
-    return _run_sweep(base, grid, workers=workers, cache_dir=cache_dir, progress=progress)[0]
+    return _run_sweep(base, grid, workers=workers, cache_dir=cache_dir, progress=progress,
+                      client=client)[0]
 
 
 def config_at(ds: xr.Dataset, **point: Any) -> SimConfig:

@@ -174,6 +174,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--no-cache", action="store_true",
                    help="do not cache runs (conflicts with --cache)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="run on a Dask distributed cluster (e.g. tcp://host:8786); results, "
+                        "cache and resume as locally (needs the dask extra; conflicts with "
+                        "--workers)")
     g = p.add_argument_group(
         "simulation settings",
         "Any SimConfig field; a comma list (1e-3,3e-3) sweeps it, one value sets it. "
@@ -204,6 +208,21 @@ def _workers(text: str | None) -> int:
     return n
 
 
+def _connect(address: str):
+    """A ``distributed.Client`` for ``address``; ConfigError (one line) if Dask is missing
+    or the scheduler cannot be reached."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise ConfigError("--scheduler: needs Dask; install it with "
+                          "pip install 'signaldrift[dask]'") from None
+    try:
+        return Client(address, timeout="5s")
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise ConfigError(f"--scheduler: cannot reach a Dask scheduler at {address!r} "
+                          f"({' '.join(str(exc).split())})") from None
+
+
 def handler(args: argparse.Namespace) -> int:
     """Validate, run the sweep, write the netCDF, print a summary. Returns the exit code
     (0; 1 if some configuration failed — its results are still written).
@@ -215,7 +234,10 @@ def handler(args: argparse.Namespace) -> int:
     if args.no_cache and args.cache is not None:
         raise ConfigError(f"--cache {args.cache} and --no-cache conflict; give one")
     out = check_output_file(args.out, flag="--out", suffix=".nc", create_folder=True)
-    workers = _workers(args.workers)
+    if args.scheduler is not None and args.workers is not None:
+        raise ConfigError("--scheduler and --workers conflict: the cluster's workers run "
+                          "the sweep; give one")
+    workers = 1 if args.scheduler is not None else _workers(args.workers)
     base, grid = parse_settings(args)
     cache = None
     if not args.no_cache:
@@ -223,9 +245,14 @@ def handler(args: argparse.Namespace) -> int:
         check_output_dir(cache, flag="--cache")
     configs, _ = expand_grid(base, grid)
     check_sweep_memory(configs, min(workers, len(configs)))
+    client = _connect(args.scheduler) if args.scheduler is not None else None
     out.parent.mkdir(parents=True, exist_ok=True)
-    ds, stats = _run_sweep(base, grid, workers=workers, cache_dir=cache,
-                           progress=not args.no_progress)
+    try:
+        ds, stats = _run_sweep(base, grid, workers=workers, cache_dir=cache,
+                               progress=not args.no_progress, client=client)
+    finally:
+        if client is not None:
+            client.close()
     save_dataset(ds, out)
     print(_summary(ds, stats, out))
     if stats.failed:
