@@ -271,6 +271,18 @@ def mean_ci(a: np.ndarray, axis: int = -1) -> tuple[np.ndarray, np.ndarray, np.n
     return m, lo, hi
 
 
+def gmean_ci(a: np.ndarray, axis: int = -1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Geometric mean and 95% Student-t interval on log values over ``axis``
+    (:data:`LOG_CI_METHOD`), for positive quantities drawn on log axes (a normal interval
+    on such data has negative lower ends); a single value gives a zero-width bar."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        m, lo, hi, _ = log_t_interval(a, axis)
+    lo = np.where(np.isfinite(lo), lo, m)
+    hi = np.where(np.isfinite(hi), hi, m)
+    return m, lo, hi
+
+
 # =========================================================================== drawing
 def new_figure(nrows: int, ncols: int, *, width: float = 4.0, height: float = 3.2,
                **subplot_kw: Any) -> tuple[Figure, np.ndarray]:
@@ -418,8 +430,35 @@ def legend_outside(ax, *, where: str = "right", ncol: int = 1, **kw: Any):
     if where == "right":
         return ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
                          ncol=ncol, **kw)
-    return ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), borderaxespad=0.0,
-                     ncol=ncol, **kw)
+    leg = ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), borderaxespad=0.0,
+                    ncol=ncol, **kw)
+    leg._below_axes = True  # placed under the tick labels and x label by finish()
+    return leg
+
+
+def finish(fig: Figure) -> Figure:
+    """Lay the figure out and put every legend made with ``where="below"`` just under its
+    axes' tick labels and x label (a fixed offset would overlap a tall x label).
+    Call it at the end of every plot function."""
+    for _ in range(3):
+        fig.canvas.draw()
+        ren = fig.canvas.get_renderer()
+        moved = False
+        for ax in fig.axes:
+            leg = ax.get_legend()
+            if leg is None or not getattr(leg, "_below_axes", False):
+                continue
+            leg.set_visible(False)
+            bb = ax.get_tightbbox(ren)
+            leg.set_visible(True)
+            y = float(ax.transAxes.inverted().transform((0.0, bb.y0 - 3.0))[1])
+            old = leg.get_bbox_to_anchor().transformed(ax.transAxes.inverted()).y0
+            if abs(old - y) > 1e-3:
+                leg.set_bbox_to_anchor((0.5, y), transform=ax.transAxes)
+                moved = True
+        if not moved:
+            break
+    return fig
 
 
 def note(ax, text: str, *, y: float = -0.3, **kw: Any) -> None:

@@ -36,7 +36,7 @@ from .._analysis import divergence_threshold, t_interval
 from .._derivations.init_sharpness import (DOMAIN, effective_dimension, expected_lambda_max,
                                            in_domain, mp_edge, naive_mu)
 from .._task import make_task
-from ._common import (ADAM_LR_STD, ALPHA_STD, CI_METHOD, FONT, Ctx, attr, base_config,
+from ._common import (finish, ADAM_LR_STD, ALPHA_STD, CI_METHOD, FONT, Ctx, attr, base_config,
                       check_mode, colors, final, jsonable, legend_outside, mean_ci,
                       new_figure, pmap, pow2, save_figure, set_axes, sgd_lr_std, sharp0,
                       write)
@@ -397,5 +397,6 @@ def plot(ds, *, save_to=None, dpi: int = 150) -> Figure:
     legend_outside(ax6, where="below", ncol=2)
     fig.suptitle(f"F1 spectral suppression, d = {attr(ds, 'd', '?')}, λ_i ∝ i^−{attr(ds, 'spectrum', '?')}"
                  f"; error bars: {CI_METHOD}", fontsize=FONT + 1)
+    finish(fig)
     save_figure(fig, save_to, dpi=dpi)
     return fig

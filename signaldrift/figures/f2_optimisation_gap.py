@@ -32,7 +32,7 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 from .._analysis import log_t_interval, optimisation_gap
-from ._common import (ALPHA_STD, FONT, LOG_CI_METHOD, Ctx, attr, base_config, check_mode,
+from ._common import (finish, ALPHA_STD, FONT, LOG_CI_METHOD, Ctx, attr, base_config, check_mode,
                       colors, diverged_strip, final, jsonable, legend_outside, lr_std,
                       mark_diverged, new_figure, pow2, save_figure, seed_loss, set_axes, write)
 from .f4_landscape import landscape
@@ -245,6 +245,7 @@ def plot(ds, *, save_to=None, dpi: int = 150) -> Figure:
             legend_outside(ax, where="below", ncol=3)
     fig.suptitle(f"F2 optimisation gap and LoRA+ (r = {rank}, {attr(ds, 'steps', '?')} steps, "
                  f"minibatch {attr(ds, 'batch', '?')})", fontsize=FONT + 2)
+    finish(fig)
     save_figure(fig, save_to, dpi=dpi)
     return fig
 

@@ -34,9 +34,9 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
-from ._common import (ADAM_LR_STD, ALPHA_STD, CI_METHOD, FONT, OPT_COLORS, Ctx, attr,
-                      base_config, check_mode, geo_center, jsonable, legend_outside, lr_std,
-                      mean_ci, new_figure, pow2, rec, ref_line, save_figure, set_axes,
+from ._common import (finish, ALPHA_STD, FONT, LOG_CI_METHOD, OPT_COLORS, Ctx, attr,
+                      base_config, check_mode, geo_center, gmean_ci, jsonable, legend_outside,
+                      lr_std, new_figure, pow2, rec, ref_line, save_figure, set_axes,
                       slope_boot, write)
 from .f4_landscape import cell_means, landscape
 from .f4_landscape import settings as landscape_settings
@@ -195,7 +195,7 @@ def figure_F3(mode: str, out_dir, *, workers: int | None = None, progress: bool 
                 "variable": variables, "lr_kind": list(kinds),
                 "traj_seed": np.array(T["seeds"], np.int32), "step": np.arange(nsteps, dtype=np.int32)},
         attrs={"figure": "F3 signal and drift (THEORY §3, P3)", "run_mode": mode, "plot_step": t,
-               "rank": F["rank"], "alpha_fixed": ALPHA_STD, "ci_method": CI_METHOD,
+               "rank": F["rank"], "alpha_fixed": ALPHA_STD, "ci_method": LOG_CI_METHOD,
                "lr_fixed_sgd": ref["sgd"] * F["alpha_lr_factor"]["sgd"],
                "lr_fixed_adam": ref["adam"] * F["alpha_lr_factor"]["adam"],
                "state": "trajectory from B0 = 0, population gradient",
@@ -272,7 +272,7 @@ def plot(ds, *, save_to=None, dpi: int = 150) -> Figure:
                 else:
                     x = np.asarray(ds["scale"].values, float)
                     y = np.asarray(ds[f"{q}_alpha"].sel(optimizer=opt).values, float)
-                mean, lo, hi = mean_ci(y)
+                mean, lo, hi = gmean_ci(y)
                 ax.errorbar(x, mean, yerr=[mean - lo, hi - mean], fmt="o", ms=4, color=c,
                             capsize=2, label=f"{opt}, measured")
                 k = float(ds["slope_theory"].sel(optimizer=opt, quantity=q, variable=var))
@@ -284,7 +284,7 @@ def plot(ds, *, save_to=None, dpi: int = 150) -> Figure:
                     if np.isfinite(kb):
                         yb = np.asarray(ds["rhoB_eta" if var == "eta" else "rhoB_alpha"]
                                         .sel(optimizer=opt).values, float)
-                        mb, lb, hb = mean_ci(yb)
+                        mb, lb, hb = gmean_ci(yb)
                         ax.errorbar(x, mb, yerr=[mb - lb, hb - mb], fmt="s", mfc="none", ms=5,
                                     color=c, capsize=2, label=f"{opt}, ρ/‖B‖ (given-state law)")
                         x0, y0 = geo_center(x, mb)
@@ -331,17 +331,22 @@ def plot(ds, *, save_to=None, dpi: int = 150) -> Figure:
             ref_line(axr, x, -1.0, 1.0, float(np.exp(np.mean(np.log(y0)))) if y0 else 1.0,
                      color="grey", label="∝ 1/t")
         set_axes(axr, xscale="log", yscale="log", xlabel="step t", ylabel="ρ_t = ‖D_t‖/‖S_t‖",
-                 title=f"(e) ρ_t along the run ({attr(ds, 'traj_setting', '')})")
+                 title="(e) ρ_t along the whole run")
         legend_outside(axr, where="right")
     if not has_split:
         axs.text(0.5, 0.5, "the simulator has not recorded the exact split\n"
                  "(descent_/curvature_ records are NaN)", ha="center", va="center",
                  transform=axs.transAxes, fontsize=FONT, color="tab:red")
     axs.axhline(0.0, color="grey", lw=0.6)
-    set_axes(axs, xscale="log", xlabel="step t", ylabel="drift's share of the loss change",
-             title="(f) drift's share: exact split of L_{t+1} − L_t")
     if has_split:
+        set_axes(axs, xscale="log", xlabel="step t", ylabel="drift's share of the loss change",
+                 title="(f) drift's share: exact split of L_{t+1} − L_t")
         legend_outside(axs, where="right")
-    fig.suptitle(f"F3 signal and drift; error bars: {CI_METHOD}", fontsize=FONT + 2)
+    else:
+        axs.set(xlabel="step t", ylabel="drift's share of the loss change",
+                title="(f) drift's share: exact split of L_{t+1} − L_t")
+    fig.suptitle(f"F3 signal and drift; (a–d) geometric mean ± 95% t on logs over seeds; "
+                 f"(e, f) {attr(ds, 'traj_setting', '')}, mean over seeds", fontsize=FONT + 1)
+    finish(fig)
     save_figure(fig, save_to, dpi=dpi)
     return fig

@@ -28,7 +28,7 @@ from matplotlib.colors import ListedColormap, LogNorm
 from matplotlib.figure import Figure
 
 from .._analysis import aggregate_seeds
-from ._common import (ALPHA_STD, FONT, Ctx, attr, base_config, check_mode, final, jsonable,
+from ._common import (finish, ALPHA_STD, FONT, Ctx, attr, base_config, check_mode, final, jsonable,
                       legend_outside, lr_std, new_figure, pow2, save_figure, set_axes, write)
 
 ID, STEM = "F4", "landscape"
@@ -298,5 +298,6 @@ def plot(ds, *, save_to=None, dpi: int = 150) -> Figure:
                  xlabel="learning rate η (= η_A)", ylabel="α (s = α/r)")
         ax.set_title(f"({'ab'[k]}) {opt}, r = {rank}, {attr(ds, 'basis', '')} basis", pad=14)
         legend_outside(ax, where="below", ncol=1)
+    finish(fig)
     save_figure(fig, save_to, dpi=dpi)
     return fig

@@ -27,9 +27,9 @@ from matplotlib.figure import Figure
 from .._analysis import predicted_first_step_slopes
 from .._derivations.init_sharpness import expected_lambda_max, in_domain
 from .._task import make_task
-from ._common import (ADAM_LR_STD, ALPHA_STD, CI_METHOD, FONT, LOG_CI_METHOD, RULE_COLORS, Ctx,
+from ._common import (finish, ADAM_LR_STD, ALPHA_STD, CI_METHOD, FONT, LOG_CI_METHOD, RULE_COLORS, Ctx,
                       attr, base_config, check_mode, diverged_strip, final, geo_center,
-                      jsonable, legend_outside, lr_std, mark_diverged, mean_ci, new_figure,
+                      jsonable, legend_outside, lr_std, mark_diverged, gmean_ci, new_figure,
                       rank_ticks, rec, ref_line, rule_changes, save_figure, seed_loss,
                       set_axes, sgd_lr_std, slope_boot, write)
 from .f1_spectral_suppression import closed_form, g_task
@@ -121,7 +121,7 @@ def figure_F5(mode: str, out_dir, *, workers: int | None = None, progress: bool 
         attrs={"figure": "F5 rank stability (THEORY §5, P5)", "run_mode": mode,
                "steps": base_config(mode).steps, "d_first": dfirst,
                "rules": json.dumps(F["rules"]), "lr_sgd_first": lr_first["sgd"],
-               "lr_sgd_budget": ref["sgd"], "lr_adam": ADAM_LR_STD, "ci_method": CI_METHOD},
+               "lr_sgd_budget": ref["sgd"], "lr_adam": ADAM_LR_STD, "ci_method": LOG_CI_METHOD},
     )
     fig = plot(ds)
     files = write(ds, fig, ctx.out, f"{ID}_{STEM}")
@@ -193,7 +193,7 @@ def plot(ds, *, save_to=None, dpi: int = 150) -> Figure:
                                     "o", mfc="none", mec=c, ms=6, clip_on=False,
                                     transform=ax.get_xaxis_transform())
                     continue
-                mean, lo, hi = mean_ci(y)
+                mean, lo, hi = gmean_ci(y)
                 ax.errorbar(ranks, mean, yerr=[mean - lo, hi - mean], fmt="o", ms=4, color=c,
                             capsize=2, label=rule)
                 k = float(ds["slope_theory"].sel(optimizer=opt, rule=rule, quantity=q[:-1]))
@@ -212,8 +212,9 @@ def plot(ds, *, save_to=None, dpi: int = 150) -> Figure:
             else:
                 ax.set_title(title)
             legend_outside(ax, where="below", ncol=2)
-    fig.suptitle(f"F5 rank stability; π₁, ‖S₁‖: mean ± 95% t; losses: geometric mean ± 95% t "
-                 f"on logs", fontsize=FONT + 1)
+    fig.suptitle("F5 rank stability; geometric means over seeds ± 95% t on logs",
+                 fontsize=FONT + 1)
+    finish(fig)
     save_figure(fig, save_to, dpi=dpi)
     return fig
 

@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
 
 from .._analysis import (bracket_position, first_step_brackets, fit_rank_law, optimal_alpha)
-from ._common import (ALPHA_STD, FONT, LOG_CI_METHOD, OPT_COLORS, Ctx, attr, base_config,
+from ._common import (finish, ALPHA_STD, FONT, LOG_CI_METHOD, OPT_COLORS, Ctx, attr, base_config,
                       check_mode, colors, diverged_strip, final, jsonable, legend_outside,
                       lr_std, mark_diverged, new_figure, pow2, rank_ticks, save_figure,
                       seed_loss, set_axes, write)
@@ -294,7 +294,7 @@ def plot(ds, *, save_to=None, dpi: int = 150) -> Figure:
         set_axes(ax, xscale="log", yscale="log", xlabel="α (s = α/r)",
                  ylabel="final excess loss (geo. mean)")
         lr = attr(ds, f"lr_{opt}", "")
-        diverged_strip(ax, len(ranks), f"({'ab'[i]}) {opt}, lr {float(lr):.2g}; ⋮ = α*")
+        diverged_strip(ax, len(ranks), f"({'ab'[i]}) {opt}, lr {float(lr):.2g}; dotted: α*")
         legend_outside(ax, where="below", ncol=4)
     # (c) α*(r), fits, brackets.
     ax = axes[0, 2]
@@ -357,16 +357,17 @@ def plot(ds, *, save_to=None, dpi: int = 150) -> Figure:
         if np.isfinite(g):
             ax.errorbar([g], [i], xerr=[[g - glo], [ghi - g]] if np.isfinite(glo) else None,
                         fmt="o", color="k", capsize=4)
-            ax.annotate(f"γ = {g:.2f}", (g, i), xytext=(0, 10), textcoords="offset points",
-                        ha="center", fontsize=FONT)
     ax.axvline(1.0, color="grey", ls=":", lw=1, label="γ = 1 (s constant)")
     ax.set_yticks(range(len(opts)))
-    ax.set_yticklabels(opts)
+    ax.set_yticklabels([f"{o}\nγ = {float(ds['gamma'].values[i, 0]):.2f}\n"
+                        f"[{float(ds['gamma'].values[i, 1]):.2f}, {float(ds['gamma'].values[i, 2]):.2f}]"
+                        for i, o in enumerate(opts)], fontsize=FONT)
     ax.set_ylim(-0.7, len(opts) - 0.3)
     ax.set_xlabel("γ (95% t CI, rank-level residuals)")
     ax.set_title("(f) measured γ against THEORY §5")
     legend_outside(ax, where="below", ncol=1)
     fig.suptitle(f"F6 rank law, rule lora, {attr(ds, 'steps', '?')} steps, minibatch "
                  f"{attr(ds, 'batch', '?')}, {attr(ds, 'basis', '')} basis", fontsize=FONT + 2)
+    finish(fig)
     save_figure(fig, save_to, dpi=dpi)
     return fig

@@ -18,7 +18,7 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
-from ._common import (ALPHA_STD, FONT, LOG_CI_METHOD, RULE_COLORS, Ctx, attr, base_config,
+from ._common import (finish, ALPHA_STD, FONT, LOG_CI_METHOD, RULE_COLORS, Ctx, attr, base_config,
                       check_mode, diverged_strip, final, jsonable, legend_outside, lr_std,
                       mark_diverged, new_figure, pow2, rank_ticks, rule_changes, save_figure,
                       seed_loss, set_axes, write)
@@ -155,6 +155,7 @@ def plot(ds, *, save_to=None, dpi: int = 150) -> Figure:
                    labels=axes[0, 0].get_legend_handles_labels()[1])
     fig.suptitle(f"F7 rules over lr ({attr(ds, 'rule_settings', '')}); dotted: standard lr; "
                  f"{attr(ds, 'steps', '?')} steps, {attr(ds, 'basis', '')} basis", fontsize=FONT + 1)
+    finish(fig)
     save_figure(fig, save_to, dpi=dpi)
     return fig
 

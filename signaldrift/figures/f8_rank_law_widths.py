@@ -32,7 +32,7 @@ from matplotlib.figure import Figure
 
 from .._analysis import first_step_brackets
 from .._derivations.init_sharpness import effective_dimension, spectrum
-from ._common import (FONT, OPT_COLORS, Ctx, attr, check_mode, colors, jsonable,
+from ._common import (finish, FONT, OPT_COLORS, Ctx, attr, check_mode, colors, jsonable,
                       legend_outside, new_figure, pow2, rank_ticks, save_figure, set_axes,
                       task_of, sgd_lr_std, ADAM_LR_STD, write)
 from .f6_rank_law import alpha_star_sweep, rank_law
@@ -69,6 +69,36 @@ def _k_of(protocol: str):
 def _cost_units(steps: int, d: int, r: int, k: int, batch: int) -> float:
     """Work of one run in the cost model: steps·batch·(d + m)·(r + k) (THEORY §2, minibatch)."""
     return float(steps) * batch * (2 * d) * (r + k)
+
+
+def calibrate(batch: int = 32) -> dict[str, float]:
+    """Measure the cost model on this machine, independently of any cache: two fresh runs
+    (d = 128, r = k = 4 and d = 512, r = k = 32, Adam, 100 steps) give the cost per unit and
+    the per-run time of the simulator; a few cached-sweep runs give the sweep engine's
+    per-run overhead (writing and reading archives, processes)."""
+    import tempfile
+
+    from .._config import SimConfig
+    from .._simulate import simulate
+    from .._sweep import run_configs
+
+    pts = []
+    for d, r in ((128, 4), (512, 32)):
+        cfg = SimConfig(d=d, m=d, task_rank=r, rank=r, spectrum=BETA, batch=batch, steps=100,
+                        record_every=100, optimizer="adam", lr=ADAM_LR_STD)
+        simulate(cfg.replace(steps=2, record_every=2))  # compile or load the kernels
+        t = time.perf_counter()
+        simulate(cfg)
+        pts.append((time.perf_counter() - t, _cost_units(100, d, r, r, batch)))
+    (t1, u1), (t2, u2) = pts
+    c = max((t2 - t1) / (u2 - u1), 0.0)
+    base = max(t1 - c * u1, 0.0)
+    tiny = [SimConfig(d=128, m=128, task_rank=4, rank=4, steps=1, seed=s) for s in range(6)]
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        run_configs(tiny, workers=1, cache_dir=tmp, progress=False)
+        per = (time.perf_counter() - t) / len(tiny)
+    return {"seconds_per_unit": c, "seconds_per_run": base + per}
 
 
 def estimate_seconds(mode: str, seconds_per_unit: float, overhead_per_run: float) -> dict:
@@ -114,10 +144,7 @@ def figure_F8(mode: str, out_dir, *, workers: int | None = None, progress: bool 
                         mode, ctx, optimizer=o, ranks=R, alphas=S["alphas"], seeds=S["seeds"],
                         lr=lr, widen_octaves=S["widen_octaves"], max_widen=S["max_widen"], **ch)
                     n_runs = sum(v[0].size for v in per_rank.values()) * len(S["seeds"])
-                    units = sum(v[0].size * len(S["seeds"]) *
-                                _cost_units(steps, d, r, _k_of(prot)(r), S["batch"])
-                                for r, v in per_rank.items())
-                    timing.append((time.time() - ts, n_runs, units))
+                    timing.append((time.time() - ts, n_runs))
                     law = rank_law(per_rank, R, n_boot=S["n_boot"])
                     for q, r in enumerate(R):
                         row = law["rows"][r]
@@ -149,14 +176,10 @@ def figure_F8(mode: str, out_dir, *, workers: int | None = None, progress: bool 
     files = write(ds, fig, ctx.out, f"{ID}_{STEM}")
     secs = np.array([t_[0] for t_ in timing])
     runs = np.array([t_[1] for t_ in timing])
-    units = np.array([t_[2] for t_ in timing])
     nw = ctx.workers
-    # seconds·workers ≈ runs·overhead + units·c (least squares, both ≥ 0).
-    A = np.column_stack([runs, units])
-    coef = np.clip(np.linalg.lstsq(A, secs * nw, rcond=None)[0], 0.0, None)
-    if coef[1] == 0.0:
-        coef[1] = float(np.sum(secs * nw) / max(np.sum(units), 1.0))
-    est = {m: estimate_seconds(m, coef[1], coef[0]) for m in ("quick", "full")}
+    cal = calibrate(S["batch"])
+    est = {m: estimate_seconds(m, cal["seconds_per_unit"], cal["seconds_per_run"])
+           for m in ("quick", "full")}
     gam: dict[str, Any] = {}
     for i, o in enumerate(O):
         for j, prot in enumerate(K):
@@ -179,10 +202,13 @@ def figure_F8(mode: str, out_dir, *, workers: int | None = None, progress: bool 
            "gamma_method": ds.attrs["gamma_method"],
            "d_eff": {f"d={d}": DEFF[w] for w, d in enumerate(W)},
            "settings": S,
-           "timing": {"measured_seconds": float(secs.sum()), "runs_measured": int(runs.sum()),
-                      "workers": nw, "seconds_per_run_overhead": coef[0],
-                      "seconds_per_cost_unit": coef[1],
-                      "cost_model": "serial seconds = runs·overhead + Σ steps·batch·(d+m)·(r+k)·c",
+           "timing": {"measured_seconds_this_run": float(secs.sum()),
+                      "runs_this_mode": int(runs.sum()),
+                      "note": "measured_seconds_this_run is ~0 for runs found in the cache",
+                      "workers": nw, "calibration": cal,
+                      "cost_model": ("serial seconds = runs·seconds_per_run + "
+                                     "Σ steps·batch·(d+m)·(r+k)·seconds_per_unit (before grid "
+                                     "widening; today's engine, eigen-basis kernels)"),
                       "estimated_serial_seconds": {m: v["serial_seconds"] for m, v in est.items()},
                       "estimated_runs": {m: v["runs"] for m, v in est.items()},
                       "estimated_full_hours_on_2_workers": est["full"]["serial_seconds"] / 2 / 3600},
@@ -249,12 +275,13 @@ def plot(ds, *, save_to=None, dpi: int = 150) -> Figure:
         rank_ticks(ax, W)
         ax.set_xlabel("width d = m")
         ax.set_ylabel("γ (95% t CI)")
-        ax.set_title(f"({next(letters)}) γ against d: {ttl}")
+        ax.set_title(f"({next(letters)}) γ against d: {ttl}; band: §5")
         if c == len(combos) - 1:
             legend_outside(ax, where="right")
     deff = ", ".join(f"{v:.0f}" for v in np.asarray(ds["d_eff"].values, float))
     fig.suptitle(f"F8 rank law across widths: λ_i ∝ i^−{attr(ds, 'spectrum', '?')} (d_eff = {deff}), "
                  f"minibatch {attr(ds, 'batch', '?')}, {attr(ds, 'seeds', '?')} seeds",
                  fontsize=FONT + 2)
+    finish(fig)
     save_figure(fig, save_to, dpi=dpi)
     return fig
