@@ -8,6 +8,7 @@ they used), minimisations count them as +inf (never the minimum).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -201,6 +202,13 @@ def _ols(u: np.ndarray, v: np.ndarray):
     se_slope = float(np.sqrt(s2 / suu))
     se_intercept = float(np.sqrt(s2 * (1.0 / n + ub**2 / suu)))
     return slope, intercept, se_slope, se_intercept
+
+
+def _ols_se(u: np.ndarray, s2: float) -> tuple[float, float]:
+    """Standard errors of OLS slope and intercept for a residual variance s2."""
+    ub = u.mean()
+    suu = np.sum((u - ub) ** 2)
+    return float(np.sqrt(s2 / suu)), float(np.sqrt(s2 * (1.0 / u.size + ub**2 / suu)))
 
 
 def _loglog_points(x, y, groups=None):
@@ -758,8 +766,9 @@ def fit_rank_law(ranks, alpha_star, *, var_log=None, min_var: float = 0.0,
     **Arguments:**
     - `ranks`, `alpha_star`: (n,) ranks and α* (non-finite or non-positive α* dropped).
     - `var_log`: (n,) variance of each log α* from seed noise (e.g. a bootstrap over seeds);
-      enables the χ² lack-of-fit test. ``min_var`` floors it (e.g. the α grid's
-      quantisation variance (Δ log α)²/12).
+      enables the χ² lack-of-fit test. ``min_var`` floors it and the residual variance of
+      the t CI (the α grid's quantisation variance (Δ log α)²/12: α* is not resolved below
+      the grid, so a law through grid points has zero residuals but not zero uncertainty).
     - `ci`: confidence level.
 
     **Returns:** a :class:`RankLawFit`. Raises ``ValueError`` with fewer than 2 ranks.
@@ -784,10 +793,16 @@ def fit_rank_law(ranks, alpha_star, *, var_log=None, min_var: float = 0.0,
     gamma, logc, se_g, se_c = _ols(u, y)
     q = 0.5 + ci / 2.0
     if n > 2:
+        resid_sd = float(np.sqrt(np.sum((y - logc - gamma * u) ** 2) / (n - 2)))
+        if resid_sd**2 < min_var:
+            # α* on a grid is resolved no better than the grid's quantisation: a law through
+            # grid values (e.g. every α* the largest stable grid point) has zero residuals
+            # but not zero uncertainty.
+            f = math.sqrt(min_var) / max(resid_sd, 1e-300)
+            se_g, se_c = (se_g * f, se_c * f) if resid_sd > 0 else _ols_se(u, min_var)
         t = float(stats.t.ppf(q, n - 2))
         glo, ghi = gamma - t * se_g, gamma + t * se_g
         clo, chi = float(np.exp(logc - t * se_c)), float(np.exp(logc + t * se_c))
-        resid_sd = float(np.sqrt(np.sum((y - logc - gamma * u) ** 2) / (n - 2)))
     else:
         glo = ghi = clo = chi = resid_sd = float("nan")
     # χ² lack of fit against the pure (seed) error of each log α*.
@@ -823,5 +838,6 @@ def fit_rank_law(ranks, alpha_star, *, var_log=None, min_var: float = 0.0,
         curvature=qc, curvature_lo=float(qlo), curvature_hi=float(qhi), curvature_p=qp,
         local=local,
         method=(f"OLS of log α* on log r over {n} ranks; {100 * ci:.0f}% CI from Student-t "
-                f"({n - 2} df) with rank-level residuals (includes the power law's misfit)"),
+                f"({n - 2} df) with rank-level residuals (includes the power law's misfit; "
+                f"residual variance floored at the α grid's quantisation variance)"),
         ci=ci)

@@ -319,6 +319,10 @@ def plot(ds, *, save_to=None, dpi: int = 150) -> Figure:
     ax1.plot([], [], "-", color="grey", label="derived (E μ, init_sharpness)")
     ax1.plot([], [], "o", color="grey", label="measured, mean ± 95% t")
     ax1.plot([], [], "+", color="k", label="each run's own μ (Hessian check)")
+    if not dom.all():
+        ax1.text(0.02, 0.98, "no curve for r = " + ", ".join(str(r) for r in ranks[~dom])
+                 + ":\noutside the derivation's domain", transform=ax1.transAxes, va="top",
+                 fontsize=FONT, color="tab:red")
     ax1.axhline(1.0, color="grey", lw=0.8, ls=":")
     set_axes(ax1, xscale="log", yscale="log", xlabel="scale s = α/r",
              ylabel="ψ = λ_max(H₀) / λ_max(Σ)", title="(a) sharpness at init")

@@ -146,6 +146,11 @@ def rank_law(per_rank: dict, ranks, *, n_boot: int, seed: int = 12345) -> dict[s
     return out
 
 
+def _stability_limited(row) -> bool:
+    """α* is an interior grid point that was not refined: a neighbour diverged."""
+    return bool(np.isfinite(row.alpha_star) and not row.at_edge and not row.refined)
+
+
 def figure_F6(mode: str, out_dir, *, workers: int | None = None, progress: bool = False) -> dict:
     """F6: the rank law (THEORY §5, P6), Adam and SGD; see the module docstring.
 
@@ -170,6 +175,7 @@ def figure_F6(mode: str, out_dir, *, workers: int | None = None, progress: bool 
     DV = np.full_like(FL, np.nan)
     AS = np.full((nO, nR, 3), np.nan)
     EDGE = np.zeros((nO, nR), np.int8)
+    STAB = np.zeros((nO, nR), np.int8)
     GAM = np.full((nO, 3), np.nan)
     CC = np.full((nO, 3), np.nan)
     BR = np.array([first_step_brackets(o) for o in F["optimizers"]])
@@ -182,6 +188,7 @@ def figure_F6(mode: str, out_dir, *, workers: int | None = None, progress: bool 
             row = laws[o]["rows"][r]
             AS[i, k] = (row.alpha_star, row.lo, row.hi)
             EDGE[i, k] = row.at_edge
+            STAB[i, k] = _stability_limited(row)
         f = laws[o]["fit"]
         if f is not None:
             GAM[i] = (f.gamma, f.gamma_lo, f.gamma_hi)
@@ -193,6 +200,7 @@ def figure_F6(mode: str, out_dir, *, workers: int | None = None, progress: bool 
          "alpha_star_lo": (("optimizer", "rank"), AS[..., 1]),
          "alpha_star_hi": (("optimizer", "rank"), AS[..., 2]),
          "at_edge": (("optimizer", "rank"), EDGE),
+         "next_to_diverged": (("optimizer", "rank"), STAB),
          "gamma": (("optimizer", "bound"), GAM),
          "c": (("optimizer", "bound"), CC),
          "bracket": (("optimizer", "end"), BR)},
@@ -216,6 +224,11 @@ def figure_F6(mode: str, out_dir, *, workers: int | None = None, progress: bool 
         ast = L["alpha_star"]
         entry: dict[str, Any] = {
             "lr": lrs[o], "bracket": [lo_b, hi_b],
+            "alpha_star_next_to_diverged": [r for r in ranks if _stability_limited(L["rows"][r])],
+            "alpha_star_next_to_diverged_note": (
+                "at these ranks α* is the grid α next to a diverged one (no parabola through a "
+                "diverged point): the optimum is set by the stability boundary, resolved to one "
+                "grid step; γ then measures how that boundary moves with r"),
             "alpha_star": {f"r={r}": {"value": ast[k], "ci": [AS[i, k, 1], AS[i, k, 2]],
                                       "s_star": ast[k] / r, "alpha_over_sqrt_r": ast[k] / math.sqrt(r),
                                       "at_edge": bool(EDGE[i, k]), "widened": widened[o][r],
@@ -311,6 +324,10 @@ def plot(ds, *, save_to=None, dpi: int = 150) -> Figure:
                     label=f"{opt}: α*(r), 95% bootstrap CI")
         if edge.any():
             ax.plot(ranks[edge], a[edge], "s", mfc="none", mec="tab:red", ms=10)
+        stab = np.asarray(ds["next_to_diverged"].values[i], bool) if "next_to_diverged" in ds else None
+        if stab is not None and stab.any():
+            ax.plot(ranks[stab], a[stab], "^", mfc="none", mec=c, ms=11,
+                    label=f"{opt}: α* next to a diverged α (stability bound)")
         g, glo, ghi = (float(v) for v in ds["gamma"].values[i])
         cc = float(ds["c"].values[i, 0])
         if np.isfinite(g):
