@@ -44,8 +44,9 @@ def _nc(out, fid):
 def test_one_module_per_figure_and_registry():
     from signaldrift import figures
 
-    assert list(FIGURES) == [f"F{i}" for i in range(1, 9)]
-    for fid, (stem, fn) in FIGURES.items():
+    # F1–F8 live in signaldrift.figures; a registered F9 (another module) is allowed after.
+    assert list(FIGURES)[:8] == [f"F{i}" for i in range(1, 9)]
+    for fid, (stem, fn) in list(FIGURES.items())[:8]:
         mod = getattr(figures, f"f{fid[1:]}_{stem}")
         assert fn is getattr(mod, f"figure_{fid}")
         assert callable(mod.settings) and callable(mod.plot)
@@ -53,7 +54,8 @@ def test_one_module_per_figure_and_registry():
 
 
 def test_resolve_names_aliases_and_unknown():
-    assert resolve_names(None) == [f"F{i}" for i in range(1, 9)]
+    assert resolve_names(None) == list(FIGURES)
+    assert resolve_names(None)[:8] == [f"F{i}" for i in range(1, 9)]
     assert resolve_names(["f3", "rank_law", "F3", "rank_law_widths"]) == ["F3", "F6", "F8"]
     with pytest.raises(signaldrift.ConfigError, match="unknown figure 'F99'"):
         resolve_names(["F3", "F99"])
