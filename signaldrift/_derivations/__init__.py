@@ -10,7 +10,8 @@ import importlib
 from types import ModuleType
 
 #: The derivations, in reading order.
-NAMES = ("signal_drift", "loss_change", "equivalence", "hessian", "rank_scaling", "factorised")
+NAMES = ("signal_drift", "loss_change", "equivalence", "hessian", "init_sharpness",
+         "rank_scaling", "factorised")
 
 
 def load(name: str) -> ModuleType:
