@@ -1,11 +1,8 @@
 """Tests of the review's findings (issue 11) that are not plots: each fails if its finding
 comes back.
 
-Tests marked ``needs_kernel`` check the simulator features of the model-generality issue
-(the exact split of the loss change, LoRA+'s η_B, the random basis); they are skipped while
-the kernel does not provide them (the records are NaN, the lr ratio is ignored), with the
-reason printed. After that kernel is merged they must run and pass: delete the skip guard
-(`_KERNEL` below) then.
+Some check the simulator features of the model-generality issue (the exact split of the
+loss change, LoRA+'s η_B, the random basis) as the figures use them.
 """
 
 from __future__ import annotations
@@ -20,28 +17,7 @@ SPLIT = ("descent_signal", "descent_drift", "curvature_signal", "curvature_cross
          "curvature_drift")
 
 
-def _kernel_features() -> dict[str, bool]:
-    cfg = sd.SimConfig(d=16, m=16, task_rank=2, rank=2, steps=3, record_every=1, batch=0,
-                       optimizer="adam", lr=1e-2)
-    r = sd.simulate(cfg)
-    split = all(np.isfinite(r.records.get(k, [np.nan])[1]) for k in SPLIT)
-    r4 = sd.simulate(cfg.replace(loraplus_lr_ratio=4.0))
-    re = sd.simulate(cfg.replace(basis="eigen"))
-    return {"split": split, "loraplus": not np.allclose(r.records["loss"], r4.records["loss"]),
-            "basis": not np.allclose(r.records["loss"], re.records["loss"])}
-
-
-_KERNEL = _kernel_features()
-needs_split = pytest.mark.skipif(not _KERNEL["split"], reason=(
-    "needs the model-generality kernel: the descent_/curvature_ records are NaN"))
-needs_basis = pytest.mark.skipif(not _KERNEL["basis"], reason=(
-    "needs the model-generality kernel: the random feature basis is not applied yet"))
-needs_loraplus = pytest.mark.skipif(not _KERNEL["loraplus"], reason=(
-    "needs the model-generality kernel: loraplus_lr_ratio is not applied yet"))
-
-
 # ----------------------------------------------------------------------------- finding 4
-@needs_split
 @pytest.mark.parametrize("opt, lr, batch", [("adam", 2e-3, 16), ("sgd", 0.02, 0),
                                             ("sgd", 0.02, 16)])
 def test_split_of_the_loss_change_is_exact(opt, lr, batch):
@@ -74,7 +50,6 @@ def test_rho_is_proportional_to_eta_for_a_few_steps_only():
 
 
 # ----------------------------------------------------------------------------- finding 5
-@needs_loraplus
 @pytest.mark.parametrize("opt", ["adam", "sgd"])
 def test_alpha_is_the_learning_rate_of_B(opt):
     # THEORY §3 (exact, B₀ = 0): scale c·s at lr η equals scale s with η_B = c·η, ε_B = ε/c
@@ -135,7 +110,6 @@ def test_F5_knows_lora_alpha_at_eta_std_is_unstable_at_init():
 
 
 # ----------------------------------------------------------------------------- finding 1
-@needs_basis
 @pytest.mark.parametrize("rank, alpha", [(2, 16.0), (4, 64.0)])
 def test_sharpness_at_init_in_the_random_basis(rank, alpha):
     # The simulator's Hessian at B = 0 in the (default) random feature basis equals the
