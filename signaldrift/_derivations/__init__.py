@@ -1,7 +1,7 @@
 """Symbolic derivations of THEORY.md, one module per result (run by ``signaldrift derive``).
 
-Each module exposes ``TITLE`` and ``derive() -> Derivation``; :mod:`.factorised` also
-generates the kernels of :mod:`signaldrift._generated`.
+Each module exposes ``TITLE`` and ``derive() -> Derivation``; :mod:`.factorised` and
+:mod:`.reduced` also generate the kernels of :mod:`signaldrift._generated`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import importlib
 from types import ModuleType
 
 #: The derivations, in reading order.
-NAMES = ("signal_drift", "loss_change", "hessian", "rank_scaling", "factorised")
+NAMES = ("signal_drift", "loss_change", "hessian", "rank_scaling", "factorised", "reduced")
 
 
 def load(name: str) -> ModuleType:
