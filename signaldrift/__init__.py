@@ -13,7 +13,10 @@ from ._analysis import (
     optimisation_gap,
 )
 from ._config import ConfigError, SimConfig
+from ._escape import escape_step, plateau_coefficient, predict_escape_step
+from ._flow import simulate_flow
 from ._init import init_adapter
+from ._reduced import sample_overlaps, simulate_reduced
 from ._reference import simulate_reference
 from ._result import SimulationResult
 from ._sampling import SampleStream
@@ -37,6 +40,7 @@ __all__ = [
     "config_at",
     "dense_hessian",
     "divergence_threshold",
+    "escape_step",
     "fit_power_law",
     "hessian_operator",
     "init_adapter",
@@ -46,12 +50,17 @@ __all__ = [
     "make_task",
     "optimal_alpha",
     "optimisation_gap",
+    "plateau_coefficient",
+    "predict_escape_step",
     "run_configs",
     "run_sweep",
+    "sample_overlaps",
     "save_dataset",
     "scale_factor",
     "sharpness",
     "sharpness_at_init",
     "simulate",
+    "simulate_flow",
+    "simulate_reduced",
     "simulate_reference",
 ]
