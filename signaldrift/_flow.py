@@ -89,8 +89,8 @@ def simulate_flow(config: SimConfig, *, task: Task | None = None,
     s = scale_factor(config)
     r, k = config.rank, config.task_rank
     ratio = float(config.loraplus_lr_ratio)
-    c_A = 1.0 / (1.0 - float(config.momentum))
-    c_B = ratio * c_A
+    # τ already counts lr/(1 − μ) (flow_times), so the field runs at rates 1 and λ_r.
+    c_A, c_B = 1.0, ratio
     wd, lam = float(config.weight_decay), ov.lam
     Sg = np.diag(ov.sigma_star)
     step, loss_step = _record_grid(config)

@@ -66,7 +66,8 @@ wd, mu, nu = sp.symbols("wd mu nu", nonnegative=True)
 eta_A, eta_B, ratio = sp.symbols("eta_A eta_B ratio", positive=True)
 #: Step coefficients: ea = η_A·c_g, fa = η_A·c_f, eb = η_B·c_g, fb = η_B·c_f.
 ea, fa, eb, fb = sp.symbols("ea fa eb fb")
-#: Gradient-flow time factors: c_A = 1/(1 − μ), c_B = λ_r/(1 − μ).
+#: Gradient-flow rates of A and B (η_A = ε·c_A, η_B = ε·c_B as ε → 0); the flow engine uses
+#: c_A = 1, c_B = λ_r in the time τ = Σ lr/(1 − μ).
 c_A, c_B = sp.symbols("c_A c_B", positive=True)
 
 #: Momentum coefficients of torch's SGD step ``c_g·g + c_f·buf`` (buf before the step).
@@ -831,7 +832,8 @@ def _docstring() -> str:
         "ΔA = dN·Vᵀ + dAp, ΔB = U·dM + dBp with dApAp = dAp·Apᵀ, dApdAp = dAp·dApᵀ,\n"
         "dBpBp = dBpᵀ·Bp, dBpdBp = dBpᵀ·dBp. Step coefficients ea = η_A·c_g, fa = η_A·c_f,\n"
         "eb = η_B·c_g, fb = η_B·c_f with c_g = 1 + νμ, c_f = μ(1 − ν + νμ) (ν = Nesterov);\n"
-        "flow time factors c_A = 1/(1 − μ), c_B = λ_r/(1 − μ).\n"
+        "flow rates c_A, c_B of A and B (the flow engine: c_A = 1, c_B = λ_r, time\n"
+        "τ = Σ lr/(1 − μ)).\n"
         '"""\n')
 
 

@@ -9,7 +9,8 @@ N, Nf (r×k); M, Mh (k×r); Sg = diag(σ⋆); Ec = s·M·N − Sg (k×k); the st
 ΔA = dN·Vᵀ + dAp, ΔB = U·dM + dBp with dApAp = dAp·Apᵀ, dApdAp = dAp·dApᵀ,
 dBpBp = dBpᵀ·Bp, dBpdBp = dBpᵀ·dBp. Step coefficients ea = η_A·c_g, fa = η_A·c_f,
 eb = η_B·c_g, fb = η_B·c_f with c_g = 1 + νμ, c_f = μ(1 − ν + νμ) (ν = Nesterov);
-flow time factors c_A = 1/(1 − μ), c_B = λ_r/(1 − μ).
+flow rates c_A, c_B of A and B (the flow engine: c_A = 1, c_B = λ_r, time
+τ = Σ lr/(1 − μ)).
 """
 import numpy
 from numba import njit
