@@ -112,22 +112,24 @@ def predict_escape_step(config: SimConfig, *, n_sq=None, p: float | None = None,
     horizon = config.steps if max_steps is None else int(max_steps)
     if horizon > lrs.size:
         lrs = np.concatenate([lrs, np.full(horizon - lrs.size, lrs[-1])])
-    mom = float(config.momentum) != 0.0
-    dim = 4 if mom else 2
+    dim = 4 if float(config.momentum) != 0.0 else 2
     Z = np.zeros((k, dim))
     Z[:, 1] = 1.0
-    Hs = [np.array([[s * s * lam * p, -s * lam * sj], [-s * lam * sj, 0.0]]) for sj in sig]
+    H = np.array([[[s * s * lam * p, -s * lam * sj], [-s * lam * sj, 0.0]] for sj in sig])
+    T, lr_T = None, None
     for t in range(horizon + 1):
-        dL = 0.5 * sum(w[j] * Z[j, :2] @ Hs[j] @ Z[j, :2] for j in range(k))
+        dL = 0.5 * float(np.einsum("j,ja,jab,jb->", w, Z[:, :2], H, Z[:, :2]))
         if L0 + dL < threshold * L0:
             return float(t)
         if t == horizon:
             break
-        for j in range(k):
-            T = _step_matrix(s, lam, p, float(sig[j]), float(lrs[t]),
-                             float(config.loraplus_lr_ratio), float(config.momentum),
-                             bool(config.nesterov), float(config.weight_decay))
-            Z[j] = T @ Z[j]
+        if lrs[t] != lr_T:  # the step matrices change only with the learning rate
+            lr_T = lrs[t]
+            T = np.array([_step_matrix(s, lam, p, float(sj), float(lr_T),
+                                       float(config.loraplus_lr_ratio),
+                                       float(config.momentum), bool(config.nesterov),
+                                       float(config.weight_decay)) for sj in sig])
+        Z = np.einsum("jab,jb->ja", T, Z)
     return float("nan")
 
 
