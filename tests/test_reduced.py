@@ -381,3 +381,79 @@ def test_plateau_grows_like_log_d():
                            for s in range(4)])
     derived = math.log(10**4) * plateau_coefficient(cfg.replace(d=10**8), p=1 / 3)
     assert abs((mean[10**8] - mean[10**4]) - derived) <= 0.05 * derived, (mean, derived)
+
+
+# ----------------------------------------------------------------------------- F9
+def test_figure_f9_test_mode(tmp_path):
+    import matplotlib.image as mpimg
+    import xarray as xr
+
+    from signaldrift._figure_f9 import figure_F9
+
+    out = figure_F9("test", tmp_path)
+    assert out["files"] == ["F9_large_width.png", "F9_large_width.pdf", "F9_large_width.nc"]
+    for name in out["files"]:
+        assert (tmp_path / name).stat().st_size > 0
+    # 12 × 9 inches at 150 dpi.
+    assert mpimg.imread(tmp_path / "F9_large_width.png").shape[:2] == (1350, 1800)
+    with xr.open_dataset(tmp_path / "F9_large_width.nc", engine="scipy") as ds:
+        assert {"a_loss_full", "a_loss_reduced", "b_escape", "c_loss",
+                "d_balance_drift"} <= set(ds.data_vars)
+    # Panel (a) overlays the two engines (same task and A₀): rounding-level differences.
+    for case in out["panels"]["a"].values():
+        assert case["max_rel_diff_loss_gt_1e-8"] < 1e-9
+    d = out["panels"]["d"]
+    assert abs(d["slope_drift_per_step_vs_lr"]["value"] - 2.0) < 0.01
+    assert d["flow_max_relative_drift"] < 1e-8
+
+
+# ----------------------------------------------------------------------------- generated
+def _split_point(seed):
+    from signaldrift._derivations import reduced as R
+
+    v = R.numeric_point(seed)
+    vals = {**R.split_numeric(v), "s": v["s"], "lam": v["lam"], "wd": v["wd"], "mu": v["mu"],
+            "ea": 0.1, "fa": 0.05, "eb": 0.2, "fb": 0.07}
+    return R, vals
+
+
+@pytest.mark.parametrize("momentum", [True, False])
+def test_generated_step_matches_its_program(momentum):
+    # Expected: the SymPy program of signaldrift derive reduced, evaluated line by line with
+    # SymPy's NumPy printer (lambdify); rtol 1e-12.
+    import signaldrift._generated.reduced as gen
+
+    R, vals = _split_point(21)
+    prog = R.step_program(momentum)
+    env = R.run_program(prog, vals)
+    got = getattr(gen, prog.name)(*(vals[a] for a in prog.args))
+    for name, value in zip(prog.outputs, got):
+        np.testing.assert_allclose(value, env[name], rtol=1e-12,
+                                   atol=1e-12 * np.abs(env[name]).max(), err_msg=name)
+
+
+def test_generated_records_match_their_expressions():
+    import signaldrift._generated.reduced as gen
+    from signaldrift._derivations._common import evaluate
+
+    R, vals = _split_point(22)
+    env = R.run_program(R.step_program(True), vals)
+    vals.update({k: env[k] for k in ("dN", "dM", "dApAp", "dApdAp", "dBpBp", "dBpdBp")})
+    vals["Ec"] = vals["s"] * vals["M"] @ vals["N"] - vals["Sg"]
+    for kernel in R.record_kernels():
+        expected = float(evaluate(R.record_expr(kernel), vals))
+        got = getattr(gen, kernel.name)(*(vals[a] for a in kernel.args))
+        assert got == pytest.approx(expected, rel=1e-12), kernel.name
+
+
+def test_word_check_detects_a_wrong_recursion():
+    # The derivation's word comparison is not vacuous: a doubled buffer term in N' is caught.
+    from signaldrift._derivations import reduced as R
+
+    inl = R.step_program(True).inline()["N1"]
+    dense = R.reduced_words(R.dense_outputs()["N1"])
+    defs = R._split_defs()
+    good = R._subs_coefficients(inl, momentum=True)
+    bad = R._subs_coefficients(inl - R.fa * R.Nf, momentum=True)
+    assert (R.reduced_words(good, defs=defs) - dense).is_zero()
+    assert not (R.reduced_words(bad, defs=defs) - dense).is_zero()
