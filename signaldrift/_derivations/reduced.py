@@ -53,8 +53,7 @@ import sympy as sp
 from sympy.matrices.expressions import (Identity, MatAdd, MatMul, MatPow, MatrixSymbol,
                                         Transpose, ZeroMatrix)
 
-from ._algebra import (SYMMETRIC, Word, WordSum, _letter, factorise, to_sympy,
-                       transpose_word)
+from ._algebra import Word, WordSum, _letter, factorise, to_sympy, transpose_word
 from ._common import Derivation, Result, d, k, m, r, rel_err, s
 
 TITLE = "exact overlap dynamics (isotropic Σ, full-batch SGD), gradient flow, balancedness (THEORY §7)"
@@ -848,5 +847,4 @@ def render() -> str:
 
 __all__ = ["TITLE", "derive", "render", "step_program", "flow_program", "record_kernels",
            "record_expr", "record_terms", "reduced_words", "expand", "SHAPES", "GRAMS",
-           "run_program", "numeric_point", "split_numeric", "dense_numeric_step",
-           "SYMMETRIC"]
+           "run_program", "numeric_point", "split_numeric", "dense_numeric_step"]
