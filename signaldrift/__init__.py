@@ -44,6 +44,12 @@ _LAZY = {
     "run_configs": "_sweep",
     "run_sweep": "_sweep",
     "save_dataset": "_sweep",
+    "simulate_reduced": "_reduced",
+    "sample_overlaps": "_reduced",
+    "simulate_flow": "_flow",
+    "escape_step": "_escape",
+    "plateau_coefficient": "_escape",
+    "predict_escape_step": "_escape",
 }
 
 __all__ = sorted(["ConfigError", "SimConfig", "SimulationResult", "Task", "make_task",

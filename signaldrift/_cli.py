@@ -37,7 +37,8 @@ _CHOICES = {
     "rule": ("lora", "rslora", "lora-alpha", "fixed"),
     "init": ("peft", "gaussian", "lora-one", "gaussian-b"),
     "basis": ("random", "eigen"),
-    "engine": ("full", "reduced"),
+    "engine": ("full", "reduced", "flow"),
+    "overlap_init": ("auto", "factors", "sampled"),
     "optimizer": ("sgd", "adam", "adamw"),
     "schedule": ("constant", "linear", "cosine"),
 }
@@ -81,7 +82,12 @@ _HELP = {
     "divergence_bound": "a loss above this ends the run as diverged",
     "sharpness_steps": "comma-separated steps at which to measure λ_max of the Hessian",
     "snapshot_steps": "comma-separated steps at which to store A and B (steps = the end)",
-    "engine": "full: factorised kernels; reduced: exact overlap dynamics (isotropic SGD)",
+    "engine": "full: factorised kernels; reduced: exact overlap dynamics (isotropic SGD); "
+              "flow: its gradient-flow limit (ODE)",
+    "overlap_init": "reduced/flow: initial overlaps from drawn factors, sampled from their "
+                    "law, or auto (factors when they fit in 64 MiB)",
+    "flow_rtol": "flow: relative tolerance of solve_ivp",
+    "flow_atol": "flow: absolute tolerance of solve_ivp",
 }
 
 # Subcommand modules that register themselves (docs/CONTRACTS.md); missing ones are skipped.

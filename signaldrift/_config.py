@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["ConfigError", "SimConfig", "RULES", "OPTIMIZERS", "SCHEDULES", "INITS", "MODELS",
-           "BASES", "ENGINES"]
+           "BASES", "ENGINES", "OVERLAP_INITS"]
 
 RULES = ("lora", "rslora", "lora-alpha", "fixed")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -26,7 +26,8 @@ INITS = ("peft", "gaussian", "lora-one", "gaussian-b")
 MODELS = ("lora", "full")
 ALIGNS = ("random", "aligned")
 BASES = ("random", "eigen")
-ENGINES = ("full", "reduced")
+ENGINES = ("full", "reduced", "flow")
+OVERLAP_INITS = ("auto", "factors", "sampled")
 
 
 class ConfigError(ValueError):
@@ -90,7 +91,15 @@ class SimConfig:
         diverged), sharpness_steps (steps t at which λ_max of the Hessian is measured),
         snapshot_steps (steps t at which A_t and B_t are stored; t = steps is the end).
     Engine: engine (``"full"``: the factorised Numba kernels; ``"reduced"``: the exact
-        overlap dynamics of THEORY §7, for isotropic Σ and full-batch SGD only).
+        overlap dynamics of THEORY §7, for isotropic Σ and full-batch SGD only;
+        ``"flow"``: its gradient flow, the η → 0 limit, integrated by scipy's solve_ivp).
+        overlap_init (``reduced``/``flow`` only): where the initial overlaps come from:
+        ``"factors"`` (draw the task and A₀, B₀ as the full engine does and take their
+        overlaps, so the run replays a ``full`` run), ``"sampled"`` (draw the overlaps
+        from their exact law, never forming a d- or m-sized array; see
+        :func:`signaldrift.sample_overlaps`), ``"auto"`` (``factors`` when the factors
+        take at most 64 MiB, else ``sampled``). flow_rtol, flow_atol: solve_ivp's
+        tolerances for ``engine = "flow"``.
     """
 
     # task
@@ -139,6 +148,9 @@ class SimConfig:
     snapshot_steps: tuple[int, ...] = field(default=())
     # engine
     engine: str = "full"
+    overlap_init: str = "auto"
+    flow_rtol: float = 1e-10
+    flow_atol: float = 1e-12
 
     def __new__(cls, *args: Any, **kwargs: Any) -> "SimConfig":
         # A dataclass would raise TypeError for an unknown keyword; name it instead.
@@ -267,13 +279,20 @@ class SimConfig:
             fail("snapshot_steps", f"a list of distinct integers in [0, steps] = "
                  f"[0, {self.steps}]", self.snapshot_steps)
         choice("engine", ENGINES)
-        if self.engine == "reduced":
+        choice("overlap_init", OVERLAP_INITS)
+        if self.overlap_init != "auto" and self.engine == "full":
+            raise ConfigError(f"overlap_init: used only with engine 'reduced' or 'flow', but "
+                              f"engine is 'full'; remove overlap_init or set engine")
+        real("flow_rtol", positive=True)
+        real("flow_atol", positive=True)
+        if self.engine in ("reduced", "flow"):
             self._validate_reduced()
 
     def _validate_reduced(self) -> None:
-        """The reduced engine closes only for isotropic Σ and full-batch (S)GD (THEORY §7)."""
+        """The reduced engine and its flow close only for isotropic Σ and full-batch (S)GD
+        (THEORY §7)."""
         def refuse(name: str, why: str) -> None:
-            raise ConfigError(f"engine: 'reduced' cannot take {name} = "
+            raise ConfigError(f"engine: {self.engine!r} cannot take {name} = "
                               f"{getattr(self, name)!r}: {why}")
 
         if self.model != "lora":
@@ -290,6 +309,10 @@ class SimConfig:
             refuse("sharpness_steps", "the Hessian needs the factors A and B")
         if self.snapshot_steps:
             refuse("snapshot_steps", "the reduced engine never forms A and B")
+        small = self.rank + self.task_rank
+        if self.overlap_init == "sampled" and min(self.d, self.m) < small:
+            raise ConfigError(f"overlap_init: 'sampled' needs d and m >= rank + task_rank = "
+                              f"{small}, got d = {self.d}, m = {self.m}; use 'factors'")
 
     # ------------------------------------------------------------------ derived
     @property

@@ -67,7 +67,7 @@ def _check(names) -> int:
         for c in bad:
             print(f"  FAIL {c.name}" + (f": {c.detail}" if c.detail else ""))
         failed += [f"{name}: {c.name}" for c in bad]
-    if "factorised" in names:
+    if {"factorised", "reduced"} & set(names):
         from ._derivations import _codegen
         with tempfile.TemporaryDirectory() as tmp:
             _codegen.write(Path(tmp))

@@ -147,7 +147,7 @@ def simulate(config: SimConfig, *, task: Task | None = None, A0: np.ndarray | No
     if not isinstance(config, SimConfig):
         raise ConfigError(f"config: must be a SimConfig (signaldrift.SimConfig(...)), got "
                           f"{type(config).__name__}")
-    if config.engine == "reduced":
+    if config.engine in ("reduced", "flow"):
         from ._reduced import simulate_reduced
 
         return simulate_reduced(config, task=task, A0=A0, B0=B0)

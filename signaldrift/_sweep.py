@@ -80,7 +80,8 @@ __all__ = [
 _SIMULATOR_SOURCES = ("_config.py", "_task.py", "_basis.py", "_rng.py", "_seeding.py",
                       "_init.py", "_scaling.py", "_schedules.py", "_sampling.py",
                       "_kernels.py", "_simulate.py", "_result.py", "_sharpness.py",
-                      "_generated/factorised.py")
+                      "_reduced.py", "_flow.py", "_generated/factorised.py",
+                      "_generated/reduced.py")
 
 
 def simulator_fingerprint() -> str:

@@ -1,7 +1,7 @@
 """Symbolic derivations of THEORY.md, one module per result (run by ``signaldrift derive``).
 
-Each module exposes ``TITLE`` and ``derive() -> Derivation``; :mod:`.factorised` also
-generates the kernels of :mod:`signaldrift._generated`.
+Each module exposes ``TITLE`` and ``derive() -> Derivation``; :mod:`.factorised` and
+:mod:`.reduced` also generate the kernels of :mod:`signaldrift._generated`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from types import ModuleType
 
 #: The derivations, in reading order.
 NAMES = ("signal_drift", "loss_change", "equivalence", "hessian", "init_sharpness",
-         "rank_scaling", "factorised")
+         "rank_scaling", "factorised", "reduced")
 
 
 def load(name: str) -> ModuleType:

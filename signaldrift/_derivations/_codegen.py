@@ -160,9 +160,12 @@ def render_factorised() -> str:
 
 def generate() -> dict[str, str]:
     """File name -> source of every generated file."""
+    from . import reduced
+
     return {
         "__init__.py": HEADER + '"""Kernels generated from the symbolic derivations."""\n',
         "factorised.py": render_factorised(),
+        reduced.GENERATED_NAME: reduced.render(),
     }
 
 

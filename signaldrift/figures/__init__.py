@@ -72,11 +72,12 @@ _SETTINGS: dict[str, Callable[[str], dict]] = {
     "F7": f7_rule_comparison.settings, "F8": f8_rank_law_widths.settings,
 }
 
-# ---- F9 (large-width limit, another module) plugs in here with one line: -------------
-#   from .._figure_f9 import figure_F9; FIGURES["F9"] = ("large_width", figure_F9)
-# (optionally also _SETTINGS["F9"] = <its settings(mode)>). Nothing else needs to change:
-# resolve_names, run_figures, script_main and the CLI read FIGURES.
-# ----------------------------------------------------------------------------------------
+# F9, the large-width limit (reduced engine, THEORY §7)
+from . import f9_large_width  # noqa: E402
+from .f9_large_width import figure_F9  # noqa: E402
+
+FIGURES["F9"] = ("large_width", figure_F9)
+_SETTINGS["F9"] = f9_large_width.settings
 
 
 def settings(mode: str) -> dict[str, Any]:
