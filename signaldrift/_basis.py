@@ -38,6 +38,28 @@ _KINDS = {"eigen": BASIS_EIGEN, "givens": BASIS_GIVENS, "dense": BASIS_DENSE}
 
 
 @njit(cache=True)
+def _givens(X, pairs, cs, forward):
+    """Apply the Givens rotations to every row of X (in order, or the inverse: reversed
+    and transposed). Works on the transpose (d × r), so each rotation updates two
+    contiguous r-vectors (vectorisable) instead of two scattered entries per row."""
+    Xt = np.ascontiguousarray(X.T)
+    r = Xt.shape[1]
+    G = pairs.shape[0]
+    for h in range(G):
+        g = h if forward else G - 1 - h
+        i, j = pairs[g, 0], pairs[g, 1]
+        c, s = cs[g, 0], cs[g, 1]
+        if not forward:
+            s = -s
+        xi, xj = Xt[i], Xt[j]
+        for q in range(r):
+            a, b = xi[q], xj[q]
+            xi[q] = c * a - s * b
+            xj[q] = s * a + c * b
+    return np.ascontiguousarray(Xt.T)
+
+
+@njit(cache=True)
 def to_features(X, code, pairs, cs, Q):
     """Feature coordinates ``X Qᵀ`` of the rows of ``X`` (eigen-coordinates), a new array
     (``X`` itself for the eigenbasis)."""
@@ -45,16 +67,7 @@ def to_features(X, code, pairs, cs, Q):
         return X
     if code == BASIS_DENSE:
         return X @ Q.T
-    Y = X.copy()
-    for row in range(Y.shape[0]):
-        y = Y[row]
-        for g in range(pairs.shape[0]):
-            i, j = pairs[g, 0], pairs[g, 1]
-            c, s = cs[g, 0], cs[g, 1]
-            a, b = y[i], y[j]
-            y[i] = c * a - s * b
-            y[j] = s * a + c * b
-    return Y
+    return _givens(X, pairs, cs, True)
 
 
 @njit(cache=True)
@@ -65,16 +78,7 @@ def to_eigen(X, code, pairs, cs, Q):
         return X
     if code == BASIS_DENSE:
         return X @ Q
-    Y = X.copy()
-    for row in range(Y.shape[0]):
-        y = Y[row]
-        for g in range(pairs.shape[0] - 1, -1, -1):
-            i, j = pairs[g, 0], pairs[g, 1]
-            c, s = cs[g, 0], cs[g, 1]
-            a, b = y[i], y[j]
-            y[i] = c * a + s * b
-            y[j] = -s * a + c * b
-    return Y
+    return _givens(X, pairs, cs, False)
 
 
 @dataclass(frozen=True)
