@@ -4,9 +4,12 @@ Settings come from flags generated from :class:`SimConfig`'s fields (``--lr 1e-3
 ``--task-rank 4``: a comma list sweeps that setting, a single value sets it for every run)
 and/or a TOML file ``--config FILE.toml`` with a ``[base]`` table (single values) and a
 ``[grid]`` table (lists of values; or ``[[grid]]`` tables, one per configuration, for a list
-of configurations). Flags override the file. Everything is validated before anything runs:
-bad input raises :class:`ConfigError` (one line), and the CLI exits 2 having written
-nothing. See :func:`signaldrift._sweep.run_sweep` for the output's layout.
+of configurations). Flags override the file. Everything is validated before anything runs
+(settings, every grid point, the output and cache paths, the memory the sweep needs): bad
+input raises :class:`ConfigError` (one line), and the CLI exits 2 having written nothing.
+Finished runs are cached (``.sweep-cache`` next to the output, or ``--cache DIR``), so a
+rerun after Ctrl-C or SIGTERM (exit 130 / 143 within seconds) resumes. See
+:func:`signaldrift._sweep.run_sweep` for the output's layout.
 
 Example::
 
