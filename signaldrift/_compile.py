@@ -16,7 +16,9 @@ from typing import TextIO
 
 __all__ = ["kernels_cold", "announce_compile", "warm_up"]
 
-_KERNELS = {"lora": "lora_segment", "full": "full_segment"}
+# The kernels `simulate` calls first, per model (names of successive kernel designs: the
+# first one that exists is checked).
+_KERNELS = {"lora": ("lora_block", "lora_segment"), "full": ("full_block", "full_segment")}
 _announced = False
 
 
@@ -30,8 +32,11 @@ def kernels_cold(models: Iterable[str] = ("lora", "full")) -> bool:
         from . import _kernels
 
         for model in set(models):
-            kernel = getattr(_kernels, _KERNELS.get(model, ""), None)
-            if kernel is None or kernel.signatures:
+            names = [n for n in _KERNELS.get(model, ()) if hasattr(_kernels, n)]
+            if not names:
+                continue
+            kernel = getattr(_kernels, names[0])
+            if kernel.signatures:
                 continue
             if not kernel._cache._cache_file._load_index():
                 return True
