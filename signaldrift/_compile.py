@@ -16,10 +16,11 @@ from typing import TextIO
 
 __all__ = ["kernels_cold", "announce_compile", "warm_up"]
 
-# The kernels `simulate` calls first, per model (names of successive kernel designs: the
-# first one that exists is checked).
-_KERNELS = {"lora": ("lora_block", "lora_segment"), "full": ("full_block", "full_segment")}
+_KERNELS = {"lora": "lora_block", "full": "full_block"}
 _announced = False
+# The kernels `simulate` calls first are named above; these are their names in the
+# previous kernel design (one kernel per run), checked where the new ones do not exist.
+_EARLIER = {"lora_block": "lora_segment", "full_block": "full_segment"}
 
 
 def kernels_cold(models: Iterable[str] = ("lora", "full")) -> bool:
@@ -32,11 +33,10 @@ def kernels_cold(models: Iterable[str] = ("lora", "full")) -> bool:
         from . import _kernels
 
         for model in set(models):
-            names = [n for n in _KERNELS.get(model, ()) if hasattr(_kernels, n)]
-            if not names:
-                continue
-            kernel = getattr(_kernels, names[0])
-            if kernel.signatures:
+            name = _KERNELS.get(model, "")
+            kernel = getattr(_kernels, name, None) or getattr(_kernels, _EARLIER.get(name, ""),
+                                                              None)
+            if kernel is None or kernel.signatures:
                 continue
             if not kernel._cache._cache_file._load_index():
                 return True

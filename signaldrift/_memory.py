@@ -194,26 +194,34 @@ def check_memory(config: Any) -> None:
             + _how_to_raise(need))
 
 
-def estimate_sweep_bytes(configs: Sequence[Any], workers: int) -> int:
-    """Peak bytes of a sweep: the ``workers`` largest runs at once, every finished result
-    (kept until the sweep ends) and the Dataset gathered from them (three copies of the
-    records while it is built and written)."""
+def estimate_sweep_bytes(configs: Sequence[Any], workers: int, *,
+                         per_worker: int = 1) -> int:
+    """Peak bytes of a sweep: the ``workers × per_worker`` largest runs at once (a worker
+    running a block of configurations holds them all), every finished result (kept until
+    the sweep ends) and the Dataset gathered from them (three copies of the records while
+    it is built and written)."""
     peaks = sorted((estimate_bytes(c) for c in configs), reverse=True)
-    running = sum(peaks[:max(1, int(workers))])
+    running = sum(peaks[:max(1, int(workers) * max(1, int(per_worker)))])
     kept = sum(result_bytes(c) for c in configs)
     dataset = 3 * sum(_records_floats(c) for c in configs) * _F
     return int(running + kept + dataset)
 
 
-def check_sweep_memory(configs: Sequence[Any], workers: int) -> None:
+def check_sweep_memory(configs: Sequence[Any], workers: int, *, per_worker: int = 1) -> None:
     """Raise :class:`ConfigError` if a run of ``configs`` or the whole sweep needs more
-    than the limit (one line: the estimate, the limit, how to raise it)."""
+    than the limit (one line: the estimate, the limit, how to raise it).
+
+    **Arguments:**
+    - `configs`: the distinct configurations to run.
+    - `workers`: processes running side by side.
+    - `per_worker`: configurations each process holds at once (a block's size).
+    """
     configs = list(configs)
     if not configs:
         return
     for c in configs:
         check_memory(c)
-    need = estimate_sweep_bytes(configs, workers)
+    need = estimate_sweep_bytes(configs, workers, per_worker=per_worker)
     limit = memory_limit()
     if need > limit:
         raise ConfigError(

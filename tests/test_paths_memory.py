@@ -219,6 +219,8 @@ def test_estimate_scales_as_documented():
     one = estimate_sweep_bytes(configs[:1], 1)
     assert estimate_sweep_bytes(configs, 2) > 2 * estimate_bytes(lora)
     assert estimate_sweep_bytes(configs, 4) > estimate_sweep_bytes(configs, 1) > one
+    # 2 workers each holding a block of 2 configurations: 4 runs at once.
+    assert estimate_sweep_bytes(configs, 2, per_worker=2) == estimate_sweep_bytes(configs, 4)
     check_sweep_memory(configs, 2)
 
 
