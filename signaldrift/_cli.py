@@ -12,6 +12,7 @@ import dataclasses
 import importlib
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -315,17 +316,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as exc:
         # A second Ctrl-C while exiting must not print a traceback. As the program
-        # (argv None) the signals stay ignored until the process ends; called from Python,
-        # the caller's handlers come back.
+        # (argv None) the process ends here; called from Python, the caller's handlers
+        # come back.
         old = _ignore_stop_signals()
         status = int(getattr(exc, "exit_status", 128 + signal.SIGINT))
         name = signal.Signals(status - 128).name if status > 128 else "SIGINT"
         detail = getattr(exc, "detail", "")
         print(f"signaldrift: interrupted ({name})" + (f"; {detail}" if detail else ""),
               file=sys.stderr, flush=True)
-        if argv is not None:
-            for sig, handler in old.items():
-                signal.signal(sig, handler)
+        if argv is None:
+            # Nothing is left to do: exit now, without joining helper threads (a worker
+            # pool's, tqdm's) at interpreter shutdown, which could only delay the exit.
+            sys.stdout.flush()
+            os._exit(status)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
         return status
     except OSError as exc:
         where = f" {exc.filename}" if getattr(exc, "filename", None) else ""

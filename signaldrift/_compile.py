@@ -18,6 +18,9 @@ __all__ = ["kernels_cold", "announce_compile", "warm_up"]
 
 _KERNELS = {"lora": "lora_block", "full": "full_block"}
 _announced = False
+# The kernels `simulate` calls first are named above; these are their names in the
+# previous kernel design (one kernel per run), checked where the new ones do not exist.
+_EARLIER = {"lora_block": "lora_segment", "full_block": "full_segment"}
 
 
 def kernels_cold(models: Iterable[str] = ("lora", "full")) -> bool:
@@ -30,7 +33,9 @@ def kernels_cold(models: Iterable[str] = ("lora", "full")) -> bool:
         from . import _kernels
 
         for model in set(models):
-            kernel = getattr(_kernels, _KERNELS.get(model, ""), None)
+            name = _KERNELS.get(model, "")
+            kernel = getattr(_kernels, name, None) or getattr(_kernels, _EARLIER.get(name, ""),
+                                                              None)
             if kernel is None or kernel.signatures:
                 continue
             if not kernel._cache._cache_file._load_index():

@@ -11,13 +11,17 @@ once.
 What is counted (P = r·(d + m), the size of one pair of LoRA factors; k = task rank):
 
 - task: λ, U (m×k), V (d×k), VᵀΣ and their temporaries: 4d + 3mk + 4dk;
-- LoRA (engine ``full``): A₀, A, B, the optimiser's two moments and the per-step
-  temporaries (gradients, the new factors, the recorded differences): 10·P;
+- the feature basis ``random`` (a structured rotation): 10·d·⌈log₂ d⌉ (its Givens
+  rotations: not negligible, 2.3 GB at d = 10⁷);
+- LoRA (engine ``full``): A₀, A, B, the optimiser's two moments, the factors in feature
+  coordinates and the per-step temporaries (gradients, the new factors, the recorded
+  differences): 16·P + r·d;
 - full fine-tuning: Δ, Δ⋆, the two moments and per-step temporaries (error, gradient,
-  update, recorded differences): 10·m·d;
+  update, recorded differences): 12·m·d;
 - minibatches: one chunk of samples (``_simulate._CHUNK_FLOATS`` = 4·10⁶ floats, or one
   step's n·(d + m) if larger) and the per-step residuals n·(m + r + k);
-- a fixed training set (``train_size`` N): N·(d + m);
+- a fixed training set (``train_size`` N): N·(2d + m + k) (inputs in both bases, noise,
+  their projection on V);
 - sharpness (``sharpness_steps``): Lanczos vectors and the Hessian operator's
   work arrays, 36·P;
 - snapshots (``snapshot_steps``): one A and one B per snapshot;
@@ -25,10 +29,11 @@ What is counted (P = r·(d + m), the size of one pair of LoRA factors; k = task 
 - the ``reduced`` engine holds no d- or m-sized array: (r + k)² work arrays and the
   records only.
 
-The coefficients were measured (peak resident memory, ``ru_maxrss``) and rounded up: at
-d = m = 2·10⁵, r = 8 the LoRA run peaks at 7.6·P, with sharpness at 39·P; full fine-tuning
-at d = m = 2000 peaks at 8·m·d (``tests/test_paths_memory.py`` checks the estimate against
-the measured peak).
+The coefficients were measured (the rise of the peak resident memory during a run) and
+rounded up: LoRA runs of the block kernels (d = 2·10⁵, m = 10⁵, r = 8 and 16, population
+and minibatch, eigen and random bases) peak at 11–13·P beside the task and the basis, 31·P
+more with sharpness; full fine-tuning at d = m = 1500 and 3000 at 8–9·m·d.
+``tests/test_paths_memory.py`` checks that the estimate bounds the measured peak within 4×.
 """
 
 from __future__ import annotations
@@ -78,7 +83,7 @@ def estimate_bytes(config: Any) -> int:
     - `config`: a :class:`~signaldrift.SimConfig`.
 
     **Returns:** the estimate in bytes (an upper estimate: the measured peaks are
-    0.5–0.9 of it).
+    0.4–0.8 of it).
     """
     d, m, r, k = config.d, config.m, config.rank, config.task_rank
     n = config.batch
@@ -91,21 +96,23 @@ def estimate_bytes(config: Any) -> int:
         return int(floats * _F)
     floats += 4 * d + 3 * m * k + 4 * d * k
     if _get(config, "basis", "eigen") == "random":
-        floats += 4 * d
+        # The structured rotation: two rounds of d·⌈log₂ d⌉ Givens rotations, each an index
+        # pair and (cos, sin): 8·d·⌈log₂ d⌉ floats, and its construction.
+        floats += 10 * d * max(1, math.ceil(math.log2(max(d, 2))))
     if config.model == "full":
-        floats += 10 * m * d
+        floats += 12 * m * d
         P = m * d
     else:
         P = r * (d + m)
-        floats += 10 * P + r * d
+        floats += 16 * P + r * d
         if config.sharpness_steps:
             floats += 36 * P
     if n > 0:
         floats += max(_CHUNK_FLOATS, n * (d + m)) + 3 * n * m + n * (r + k)
         if config.model == "full":
             floats += n * d
-    if N > 0:
-        floats += N * (d + m)
+    if N > 0:  # inputs in eigen and in feature coordinates, label noise, X·V
+        floats += N * (2 * d + m + k)
     floats += n_snap * r * (d + m)
     return int(floats * _F)
 
@@ -187,26 +194,34 @@ def check_memory(config: Any) -> None:
             + _how_to_raise(need))
 
 
-def estimate_sweep_bytes(configs: Sequence[Any], workers: int) -> int:
-    """Peak bytes of a sweep: the ``workers`` largest runs at once, every finished result
-    (kept until the sweep ends) and the Dataset gathered from them (three copies of the
-    records while it is built and written)."""
+def estimate_sweep_bytes(configs: Sequence[Any], workers: int, *,
+                         per_worker: int = 1) -> int:
+    """Peak bytes of a sweep: the ``workers × per_worker`` largest runs at once (a worker
+    running a block of configurations holds them all), every finished result (kept until
+    the sweep ends) and the Dataset gathered from them (three copies of the records while
+    it is built and written)."""
     peaks = sorted((estimate_bytes(c) for c in configs), reverse=True)
-    running = sum(peaks[:max(1, int(workers))])
+    running = sum(peaks[:max(1, int(workers) * max(1, int(per_worker)))])
     kept = sum(result_bytes(c) for c in configs)
     dataset = 3 * sum(_records_floats(c) for c in configs) * _F
     return int(running + kept + dataset)
 
 
-def check_sweep_memory(configs: Sequence[Any], workers: int) -> None:
+def check_sweep_memory(configs: Sequence[Any], workers: int, *, per_worker: int = 1) -> None:
     """Raise :class:`ConfigError` if a run of ``configs`` or the whole sweep needs more
-    than the limit (one line: the estimate, the limit, how to raise it)."""
+    than the limit (one line: the estimate, the limit, how to raise it).
+
+    **Arguments:**
+    - `configs`: the distinct configurations to run.
+    - `workers`: processes running side by side.
+    - `per_worker`: configurations each process holds at once (a block's size).
+    """
     configs = list(configs)
     if not configs:
         return
     for c in configs:
         check_memory(c)
-    need = estimate_sweep_bytes(configs, workers)
+    need = estimate_sweep_bytes(configs, workers, per_worker=per_worker)
     limit = memory_limit()
     if need > limit:
         raise ConfigError(

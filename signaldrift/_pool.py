@@ -182,6 +182,17 @@ class WorkerPool:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        # A worker killed while sending a result leaves half a message in the result pipe,
+        # and the executor's manager thread waits for the rest. The only other holder of
+        # the pipe's write end is this process: closing it turns that wait into EOF, which
+        # the manager handles as a broken pool, so that the shutdown below returns.
+        result_queue = getattr(self._executor, "_result_queue", None)
+        writer = getattr(result_queue, "_writer", None)
+        if writer is not None:
+            try:
+                writer.close()
+            except OSError:
+                pass
         self._executor.shutdown(wait=True, cancel_futures=True)
         self._executor = None
         self.killed = pids

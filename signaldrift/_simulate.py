@@ -147,6 +147,9 @@ def simulate(config: SimConfig, *, task: Task | None = None, A0: np.ndarray | No
     if not isinstance(config, SimConfig):
         raise ConfigError(f"config: must be a SimConfig (signaldrift.SimConfig(...)), got "
                           f"{type(config).__name__}")
+    from ._memory import check_memory
+
+    check_memory(config)
     if config.engine in ("reduced", "flow"):
         from ._reduced import simulate_reduced
 

@@ -407,7 +407,12 @@ def _run_configs(configs, *, workers=1, cache_dir=None, progress=True, client=No
     # Everything is checked before anything runs or is written: the cache folder, and the
     # memory the runs side by side and the results kept need (SIGNALDRIFT_MAX_MEMORY).
     cdir = _check_cache_dir(cache_dir)
-    check_sweep_memory(list(unique.values()), min(workers, max(1, len(unique))))
+    # Each worker (or Dask worker) holds one block of up to _MAX_BLOCK runs at once.
+    n_workers = workers
+    if client is not None:
+        n_workers = max(1, len(client.scheduler_info().get("workers", {})) or 1)
+    check_sweep_memory(list(unique.values()), min(n_workers, max(1, len(unique))),
+                       per_worker=min(_MAX_BLOCK, max(1, len(unique))))
     stats = _Stats(total=len(configs), unique=len(unique))
     done = _from_cache(cdir, unique, stats)
     pending = [k for k in unique if k not in done]

@@ -4,9 +4,12 @@ Settings come from flags generated from :class:`SimConfig`'s fields (``--lr 1e-3
 ``--task-rank 4``: a comma list sweeps that setting, a single value sets it for every run)
 and/or a TOML file ``--config FILE.toml`` with a ``[base]`` table (single values) and a
 ``[grid]`` table (lists of values; or ``[[grid]]`` tables, one per configuration, for a list
-of configurations). Flags override the file. Everything is validated before anything runs:
-bad input raises :class:`ConfigError` (one line), and the CLI exits 2 having written
-nothing. See :func:`signaldrift._sweep.run_sweep` for the output's layout.
+of configurations). Flags override the file. Everything is validated before anything runs
+(settings, every grid point, the output and cache paths, the memory the sweep needs): bad
+input raises :class:`ConfigError` (one line), and the CLI exits 2 having written nothing.
+Finished runs are cached (``.sweep-cache`` next to the output, or ``--cache DIR``), so a
+rerun after Ctrl-C or SIGTERM (exit 130 / 143 within seconds) resumes. See
+:func:`signaldrift._sweep.run_sweep` for the output's layout.
 
 Example::
 
@@ -30,7 +33,7 @@ import numpy as np
 from ._config import ConfigError, SimConfig
 from ._memory import check_sweep_memory
 from ._paths import check_output_dir, check_output_file
-from ._sweep import _normalise, _parse_grid, _run_sweep, expand_grid, save_dataset
+from ._sweep import _MAX_BLOCK, _normalise, _parse_grid, _run_sweep, expand_grid, save_dataset
 
 __all__ = ["add_parser", "handler", "parse_settings"]
 
@@ -244,7 +247,8 @@ def handler(args: argparse.Namespace) -> int:
         cache = Path(args.cache) if args.cache is not None else out.parent / ".sweep-cache"
         check_output_dir(cache, flag="--cache")
     configs, _ = expand_grid(base, grid)
-    check_sweep_memory(configs, min(workers, len(configs)))
+    check_sweep_memory(configs, min(workers, len(configs)),
+                       per_worker=min(_MAX_BLOCK, len(configs)))
     client = _connect(args.scheduler) if args.scheduler is not None else None
     out.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -216,3 +216,46 @@ def test_ctrl_c_stops_figures(tmp_path):
     assert "Traceback" not in err
     assert "signaldrift: interrupted (SIGINT)" in err
     _assert_no_workers_left(workers)
+
+
+_HALF_SENT = r"""
+import gc, os, signal, struct, sys, threading, time
+from multiprocessing.queues import SimpleQueue
+from pathlib import Path
+import signaldrift
+from signaldrift import SimConfig
+from signaldrift._sweep import run_configs
+
+marker = Path(sys.argv[1])
+
+def half_send(config):
+    # In the worker: start a 1000-byte message on the result pipe, send 10 bytes, stall.
+    queue = next(o for o in gc.get_objects() if isinstance(o, SimpleQueue))
+    queue._writer._send(struct.pack("!i", 1000) + b"x" * 10)
+    marker.write_text("sent")
+    time.sleep(600)
+
+signaldrift.simulate = half_send
+def interrupt():
+    while not marker.exists():
+        time.sleep(0.01)
+    time.sleep(0.2)  # the pool's manager thread is now waiting for the other 990 bytes
+    os.kill(os.getpid(), signal.SIGINT)
+threading.Thread(target=interrupt, daemon=True).start()
+t0 = time.monotonic()
+try:
+    run_configs([SimConfig(d=8, m=8, task_rank=2, rank=2, steps=2, lr=lr)
+                 for lr in (1e-3, 2e-3)], workers=2, progress=False)
+except KeyboardInterrupt:
+    print(f"interrupted after {time.monotonic() - t0:.1f} s", flush=True)
+"""
+
+
+def test_interrupt_while_a_result_is_half_sent(tmp_path):
+    # A worker killed in the middle of sending its result used to leave the pool's manager
+    # thread waiting forever for the rest of the message, and the sweep hung on Ctrl-C.
+    proc = subprocess.run([sys.executable, "-c", _HALF_SENT, str(tmp_path / "sent")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("interrupted after"), proc.stdout + proc.stderr
+    assert float(proc.stdout.split()[2]) < 60  # the stall lasts 600 s; the pool gives up

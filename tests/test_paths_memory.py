@@ -149,21 +149,21 @@ def test_path_checks_unit(tmp_path):
 @pytest.mark.parametrize("argv, words", [
     (["simulate", "--d", "1000000000"], ["needs about", "GB", LIMIT_ENV]),
     (["simulate", "--model", "full", "--d", "100000", "--m", "100000"],
-     ["model=full", "needs about 800 GB", LIMIT_ENV]),
+     ["model=full", "needs about 960 GB", LIMIT_ENV]),
     (["sweep", "--d", "1000000000", "--lr", "1e-3,1e-2", "--out", "s.nc"],
      ["needs about", LIMIT_ENV]),
 ])
 def test_too_large_runs_are_refused_with_the_estimate(tmp_path, argv, words):
     # Before: a MemoryError traceback, or a sweep grown to 22 GB before the OOM killer.
-    # Expected 800 GB: full fine-tuning holds 10 m×d float64 arrays (signaldrift._memory),
-    # 10 · 10¹⁰ · 8 bytes.
+    # Expected 960 GB: full fine-tuning counts 12 m×d float64 arrays (signaldrift._memory),
+    # 12 · 10¹⁰ · 8 bytes.
     proc = cli(argv, tmp_path, env={LIMIT_ENV: ""})
     assert_one_line_error(proc, *words)
     assert snapshot(tmp_path) == []
 
 
 def test_sweep_total_memory_counts_workers_and_kept_results(tmp_path):
-    # Each run fits (about 1.3 GB at d = m = 4000 full fine-tuning) but 100 of them keep
+    # Each run fits (about 1.5 GB at d = m = 4000 full fine-tuning) but 100 of them keep
     # their final Δ (128 MB each) in memory until the Dataset is written: 13 GB, refused.
     proc = cli(["sweep", "--model", "full", "--d", "4000", "--m", "4000", "--optimizer", "sgd",
                 "--seed", ",".join(str(i) for i in range(100)), "--steps", "100000",
@@ -173,11 +173,11 @@ def test_sweep_total_memory_counts_workers_and_kept_results(tmp_path):
 
 
 def test_limit_from_the_environment(monkeypatch):
-    big = SimConfig(model="full", d=20000, m=20000, steps=10)  # 10·4·10⁸·8 B = 32 GB
+    big = SimConfig(model="full", d=20000, m=20000, steps=10)  # 12·4·10⁸·8 B = 38.4 GB
     monkeypatch.delenv(LIMIT_ENV, raising=False)
     assert memory_limit() == DEFAULT_LIMIT_GB * 1e9
-    with pytest.raises(ConfigError, match=r"needs about 32 GB, above the limit of 8 GB "
-                                          r"\(the default\).*SIGNALDRIFT_MAX_MEMORY=33"):
+    with pytest.raises(ConfigError, match=r"needs about 38.4 GB, above the limit of 8 GB "
+                                          r"\(the default\).*SIGNALDRIFT_MAX_MEMORY=39"):
         check_memory(big)
     monkeypatch.setenv(LIMIT_ENV, "40")
     check_memory(big)  # raised limit: accepted
@@ -200,14 +200,17 @@ def test_run_configs_checks_memory_before_running(monkeypatch, tmp_path):
 
 
 def test_estimate_scales_as_documented():
-    # Hand-derived from the counts in signaldrift._memory's docstring.
-    lora = SimConfig(d=100000, m=50000, rank=8, steps=10)
+    # Hand-derived from the counts in signaldrift._memory's docstring (eigen basis where
+    # SimConfig has the setting, so that the basis term stays out of the differences).
+    kw = {"basis": "eigen"} if "basis" in SimConfig.field_names() else {}
+    lora = SimConfig(d=100000, m=50000, rank=8, steps=10, **kw)
     P = 8 * 150000
-    assert estimate_bytes(lora) > 10 * P * 8
-    assert estimate_bytes(lora.replace(rank=16)) == pytest.approx(
-        estimate_bytes(lora) + 10 * P * 8 + 8 * 100000 * 8, rel=1e-6)
-    full = SimConfig(model="full", d=3000, m=2000, steps=10)
-    assert estimate_bytes(full) == pytest.approx(10 * 3000 * 2000 * 8, rel=0.01)
+    assert estimate_bytes(lora) > 16 * P * 8
+    # Doubling r adds 16 P + r·d floats.
+    assert estimate_bytes(lora.replace(rank=16)) - estimate_bytes(lora) == (
+        16 * P + 8 * 100000) * 8
+    full = SimConfig(model="full", d=3000, m=2000, steps=10, **kw)
+    assert estimate_bytes(full) == pytest.approx(12 * 3000 * 2000 * 8, rel=0.01)
     # Sharpness adds the Lanczos vectors: 36 P.
     sharp = lora.replace(sharpness_steps=(5,))
     assert estimate_bytes(sharp) - estimate_bytes(lora) == 36 * P * 8
@@ -216,7 +219,18 @@ def test_estimate_scales_as_documented():
     one = estimate_sweep_bytes(configs[:1], 1)
     assert estimate_sweep_bytes(configs, 2) > 2 * estimate_bytes(lora)
     assert estimate_sweep_bytes(configs, 4) > estimate_sweep_bytes(configs, 1) > one
+    # 2 workers each holding a block of 2 configurations: 4 runs at once.
+    assert estimate_sweep_bytes(configs, 2, per_worker=2) == estimate_sweep_bytes(configs, 4)
     check_sweep_memory(configs, 2)
+
+
+def test_random_basis_rotations_are_counted():
+    # 10·d·⌈log₂ d⌉ floats: at d = 2¹⁰, 10·1024·10.
+    base = dict(TINY.to_dict(), d=1024, m=64, engine="full", train_size=0,
+                snapshot_steps=())
+    eigen = estimate_bytes(types.SimpleNamespace(**dict(base, basis="eigen")))
+    rand = estimate_bytes(types.SimpleNamespace(**dict(base, basis="random")))
+    assert rand - eigen == 10 * 1024 * 10 * 8
 
 
 def test_reduced_engine_estimate_does_not_grow_with_d_or_m():
@@ -224,9 +238,9 @@ def test_reduced_engine_estimate_does_not_grow_with_d_or_m():
     # parallel): its estimate must not depend on d or m. A stand-in config with the
     # settings SimConfig is gaining (engine, train_size, snapshot_steps, basis).
     def cfg(d, m):
-        return types.SimpleNamespace(**dict(TINY.to_dict(), d=d, m=m, steps=1000),
-                                     engine="reduced", train_size=0, snapshot_steps=(),
-                                     basis="eigen")
+        return types.SimpleNamespace(**dict(TINY.to_dict(), d=d, m=m, steps=1000,
+                                            engine="reduced", train_size=0,
+                                            snapshot_steps=(), basis="eigen"))
     small, huge = estimate_bytes(cfg(64, 64)), estimate_bytes(cfg(10**9, 10**9))
     assert small == huge < 10**7
     full = types.SimpleNamespace(**vars(cfg(10**9, 10**9)))
@@ -235,14 +249,17 @@ def test_reduced_engine_estimate_does_not_grow_with_d_or_m():
 
 
 def test_new_settings_are_counted():
-    # train_size N keeps N×(d + m) samples; each snapshot one A (r×d) and one B (m×r).
+    # train_size N keeps N samples; each snapshot one A (r×d) and one B (m×r).
+    # (The set in eigen and in feature coordinates, its noise and its projection on V:
+    # N·(2d + m + k).)
     base = dict(TINY.to_dict(), d=1000, m=500, engine="full", basis="eigen")
-    plain = estimate_bytes(types.SimpleNamespace(**base, train_size=0, snapshot_steps=()))
-    train = estimate_bytes(types.SimpleNamespace(**base, train_size=100, snapshot_steps=()))
-    snaps = estimate_bytes(types.SimpleNamespace(**base, train_size=0,
-                                                 snapshot_steps=(1, 2, 3)))
-    assert train - plain == 100 * 1500 * 8
-    assert snaps - plain == 3 * 2 * 1500 * 8
+
+    def est(**kw):
+        return estimate_bytes(types.SimpleNamespace(**dict(base, **kw)))
+
+    plain = est(train_size=0, snapshot_steps=())
+    assert est(train_size=100, snapshot_steps=()) - plain == 100 * (2000 + 500 + 2) * 8
+    assert est(train_size=0, snapshot_steps=(1, 2, 3)) - plain == 3 * 2 * 1500 * 8
 
 
 _PEAK = """
