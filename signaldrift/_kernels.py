@@ -141,6 +141,25 @@ def optimizer_update(p, g, buf, sq, t, lr, opt, momentum, nesterov, beta1, beta2
 
 
 @njit(cache=True)
+def draw_minibatch(t, key_x, key_e, key_ep, sqrt_lam, noise, Xtr, Ntr, perm, idx, Xb, Nb):
+    """Step t's minibatch into Xb (n, d) and Nb (n, m): rows of the fixed training set
+    (indices of :func:`._rng.epoch_indices`) when there is one, else fresh samples
+    (:func:`._rng.minibatch`)."""
+    if Xtr.shape[0] > 0:
+        epoch_indices(key_ep, t, Xb.shape[0], Xtr.shape[0], perm, idx)
+        for j in range(Xb.shape[0]):
+            Xb[j] = Xtr[idx[j]]
+            Nb[j] = Ntr[idx[j]]
+    else:
+        minibatch_sample(key_x, key_e, t, sqrt_lam, noise, Xb, Nb)
+
+
+@njit(cache=True)
+def _safe_sqrt(x):
+    return np.sqrt(x) if x > 0.0 else 0.0
+
+
+@njit(cache=True)
 def _ratio(num, den):
     if den > 0.0:
         return num / den
@@ -278,13 +297,8 @@ def lora_run(t0, t1, A, B, bufA, bufB, sqA, sqB,
             return STATUS_DIVERGED, t
         R_train = np.zeros((0, 0))
         if minibatch:
-            if has_train:
-                epoch_indices(key_ep, t, n, Xtr.shape[0], perm, idx)
-                for j in range(n):
-                    Xb[j] = Xtr[idx[j]]
-                    Nb[j] = Ntr[idx[j]]
-            else:
-                minibatch_sample(key_x, key_e, t, sqrt_lam, noise, Xb, Nb)
+            draw_minibatch(t, key_x, key_e, key_ep, sqrt_lam, noise, Xtr, Ntr, perm, idx,
+                           Xb, Nb)
             XA = Xb @ A.T
             R = batch_residual(s, B, XA, U, Sg, Xb @ V, Nb)
             gB = batch_grad_B(s, n, R, XA)
@@ -406,13 +420,8 @@ def full_run(t0, t1, Delta, buf, sq, Dstar, lam, lrs, n, key_x, key_e, noise, Xt
             return STATUS_DIVERGED, t
         R_train = np.zeros((0, 0))
         if minibatch:
-            if has_train:
-                epoch_indices(key_ep, t, n, Xtr.shape[0], perm, idx)
-                for j in range(n):
-                    Xb[j] = Xtr[idx[j]]
-                    Nb[j] = Ntr[idx[j]]
-            else:
-                minibatch_sample(key_x, key_e, t, sqrt_lam, noise, Xb, Nb)
+            draw_minibatch(t, key_x, key_e, key_ep, sqrt_lam, noise, Xtr, Ntr, perm, idx,
+                           Xb, Nb)
             R = Xb @ E.T - Nb
             g = (R.T @ Xb) / n
         elif has_train:

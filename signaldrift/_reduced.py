@@ -31,6 +31,7 @@ import numpy as np
 from numba import njit
 
 from ._config import ConfigError, SimConfig
+from ._kernels import _ratio, _safe_sqrt
 from ._generated.reduced import (
     drift_norm_sq,
     residual_drift_inner,
@@ -307,18 +308,6 @@ def initial_overlaps(config: SimConfig, *, task: Task | None = None,
 
 
 # =========================================================================== kernels
-@njit(cache=True)
-def _safe_sqrt(x):
-    return np.sqrt(x) if x > 0.0 else 0.0
-
-
-@njit(cache=True)
-def _ratio(num, den):
-    if den > 0.0:
-        return num / den
-    return 0.0 if num == 0.0 else np.inf
-
-
 @njit(cache=True)
 def _loss(s, lam, N, Pp, M, Qp, Sg):
     """(L, ‖E‖², Ec): L = ½λ‖E‖², cancellation-free (module docstring)."""
