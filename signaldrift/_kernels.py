@@ -178,6 +178,12 @@ def _fro(X):
 
 
 @njit(cache=True)
+def _cols(X, a, b):
+    """Columns a..b−1 of X, contiguous (for fast products of small matrices)."""
+    return np.ascontiguousarray(X[:, a:b])
+
+
+@njit(cache=True)
 def _columns(X, Y):
     """[X, Y] (side by side)."""
     out = np.empty((X.shape[0], X.shape[1] + Y.shape[1]))
@@ -332,9 +338,9 @@ def lora_run(t0, t1, A, B, bufA, bufB, sqA, sqB,
             Aside = _columns(A.T, dA.T)
             R3 = _qr_r(Aside)
             R4 = _qr_r(Aside * np.sqrt(lam)[:, None])
-            R2a, R2b = R2[:, :r], R2[:, r:]
-            R3a, R3b = R3[:, :r], R3[:, r:]
-            R4a, R4b = R4[:, :r], R4[:, r:]
+            R2a, R2b = _cols(R2, 0, r), _cols(R2, r, 2 * r)
+            R3a, R3b = _cols(R3, 0, r), _cols(R3, r, 2 * r)
+            R4a, R4b = _cols(R4, 0, r), _cols(R4, r, 2 * r)
             sn = s * _fro(R2a @ R3a.T + R2b @ R3b.T)
             dn = s * _fro(R2a @ R3b.T)
             un = s * _fro(R2a @ (R3a + R3b).T + R2b @ R3b.T)
