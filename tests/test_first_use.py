@@ -56,7 +56,10 @@ def test_readme_sweep_toml_example_works(tmp_path):
 def test_make_figures_does_not_install_torch(tmp_path):
     # `make -n` prints the commands without running them; a fresh VENV forces every step.
     def plan(target):
-        proc = subprocess.run(["make", "-n", target, f"VENV={tmp_path / 'venv'}"], cwd=ROOT,
+        # --no-print-directory: under `make test` (CI) this make is nested and would print
+        # "make[1]: Entering directory …"
+        proc = subprocess.run(["make", "--no-print-directory", "-n", target,
+                               f"VENV={tmp_path / 'venv'}"], cwd=ROOT,
                               capture_output=True, text=True, check=True)
         return proc.stdout
 
