@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import signaldrift as sd
+from signaldrift import ConfigError, SimConfig
 from signaldrift._cli import main
 
 SMALL = ["--d", "16", "--m", "12", "--task-rank", "3", "--rank", "2", "--steps", "20"]
@@ -273,3 +274,44 @@ def test_toml_giving_a_setting_twice_is_an_error(tmp_path):
                            str(toml)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "'task-rank' and 'task_rank'" in proc.stderr and "\n" not in proc.stderr.strip()
+
+
+# ----------------------------------------------------------------------------- issue 13: API
+def test_unknown_keyword_is_a_config_error_naming_it():
+    # A dataclass would raise TypeError; SimConfig names the setting.
+    with pytest.raises(ConfigError, match=r"^foo: unknown setting") as err:
+        SimConfig(foo=1)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="by name"):
+        SimConfig(64)
+
+
+def test_numpy_scalars_are_accepted_and_stored_as_python_scalars():
+    cfg = SimConfig(d=np.int64(64), m=np.int32(32), rank=np.int64(4), lr=np.float32(0.5),
+                    nesterov=np.bool_(False), sharpness_steps=[np.int64(0)], steps=3)
+    assert cfg.d == 64 and type(cfg.d) is int and type(cfg.lr) is float
+    assert cfg.sharpness_steps == (0,) and type(cfg.sharpness_steps[0]) is int
+    assert cfg == SimConfig(d=64, m=32, rank=4, lr=float(np.float32(0.5)), sharpness_steps=(0,),
+                            steps=3)
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    (dict(rule="lora", scale=0.5), "scale: used only with rule 'fixed'"),
+    (dict(optimizer="adam", momentum=0.9), "momentum: used only with optimizer 'sgd'"),
+    (dict(optimizer="adamw", momentum=0.5), "momentum: used only with optimizer 'sgd'"),
+])
+def test_conflicting_settings_name_both(kwargs, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        SimConfig(**kwargs)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--scale", "0.5"], "scale"),
+    (["--optimizer", "adam", "--momentum", "0.9"], "momentum"),
+])
+def test_cli_conflicting_settings_exit_2(tmp_path, argv, fragment):
+    out = tmp_path / "r.npz"
+    proc = subprocess.run([sys.executable, "-m", "signaldrift._cli", "simulate", "--steps", "3",
+                           *argv, "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 2 and fragment in proc.stderr
+    assert proc.stderr.count("\n") == 1 and not out.exists()
