@@ -12,13 +12,15 @@ from pathlib import Path
 import numpy as np
 
 from ._config import SimConfig
+from ._rng import SAMPLE_STREAM_VERSION
 from ._task import Task
 
 __all__ = ["SimulationResult", "ARCHIVE_VERSION"]
 
 #: Version of the archive schema; bumped when keys change meaning.
 #: 2: feature basis (``basis_*``), ``B0``, ``task_source``, snapshots, training set,
-#: loss-change split records, ``noise_floor``; ``V`` is in Σ's eigen-coordinates.
+#: loss-change split records, ``noise_floor``, ``sample_stream_version`` (the minibatch
+#: streams of :mod:`signaldrift._rng`); ``V`` is in Σ's eigen-coordinates.
 ARCHIVE_VERSION = 2
 
 # A fixed timestamp for every archive member, so the same arrays give the same bytes.
@@ -145,6 +147,7 @@ class SimulationResult:
             "diverged_step": np.array(self.diverged_step),
             "diverged_loss": np.array(self.diverged_loss),
             "noise_floor": np.array(self.noise_floor),
+            "sample_stream_version": np.array(SAMPLE_STREAM_VERSION),
         }
         if self.task is not None:
             out.update(self.task.to_arrays())
