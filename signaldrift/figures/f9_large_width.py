@@ -41,6 +41,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .._config import ConfigError, SimConfig
+from ._common import jsonable
 from .._escape import (escape_step, expected_init_overlaps, growth_factor,
                       plateau_coefficient, predict_escape_step)
 from .._scaling import scale_factor
@@ -450,23 +451,6 @@ def plot_large_width(ds: xr.Dataset, *, save_to: str | Path | None = None,
 
 
 # =========================================================================== figure
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        x = float(x)
-        return x if math.isfinite(x) else None
-    return x
-
-
 def _write(ds: xr.Dataset, fig: Figure, out: Path, dpi: int) -> list[str]:
     """``F9_large_width.png`` (dpi ≥ 150), ``.pdf`` and ``.nc`` (netCDF3, atomically)."""
     from .._plotting import save_figure
@@ -475,7 +459,7 @@ def _write(ds: xr.Dataset, fig: Figure, out: Path, dpi: int) -> list[str]:
     ds = ds.copy()
     for k, v in list(ds.attrs.items()):
         if isinstance(v, (dict, list, tuple)):
-            ds.attrs[k] = json.dumps(_jsonable(v))
+            ds.attrs[k] = json.dumps(jsonable(v))
     tmp = out / f".{STEM}.nc.{os.getpid()}.tmp"
     ds.to_netcdf(tmp, engine="scipy")
     os.replace(tmp, out / f"{STEM}.nc")
@@ -513,7 +497,7 @@ def figure_F9(mode: str, out_dir, *, workers: int | None = None,
                      "settings": S})
     fig = plot_large_width(ds, dpi=S["dpi"])
     files = _write(ds, fig, out, S["dpi"])
-    return _jsonable({"panels": summary, "settings": S, "files": files,
+    return jsonable({"panels": summary, "settings": S, "files": files,
                       "seconds": time.time() - t0})
 
 
