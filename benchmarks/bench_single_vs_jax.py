@@ -27,7 +27,7 @@ check, so LLVM vectorises Adam's division and square root), timed at each d.
     python benchmarks/bench_single_vs_jax.py [--sizes 128 1024 4096] [--repeats 3]
         [--no-profile] [--json PATH]
 
-Default run: about 3 minutes on one core.
+Default run: about 4 minutes on one core.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ machine load. Timings are best-of-``--repeats``; the ratios are what to quote.
 
     python benchmarks/bench_sweep_vs_jax.py [--repeats 3] [--large] [--cold] [--json PATH]
 
-Default run: about 3–4 minutes on 2 shared cores. ``--large`` adds the workloads at
+Default run: about 5 minutes on 2 shared cores. ``--large`` adds the workloads at
 d = m = 512 with 96 configurations (seeds 0…2).
 """
 
