@@ -7,9 +7,10 @@ feature basis ``eigen`` in both so the arithmetic is the same):
 - (a) ``signaldrift.run_configs(configs, workers=2, progress=False)``: the batched engine
   (blocks of configurations, one parallel Numba kernel call each, two worker processes);
 - (b) the old per-run path: a loop of ``signaldrift.simulate`` in this process;
-- (c) JAX ``jit(vmap(scan))`` over the grid (``benchmarks/_jax_peer.py``), XLA with its
-  default threads (both cores), samples drawn in the graph from the kernels' own
-  counter-based streams.
+- (c) JAX ``jit(vmap(scan))`` over the grid (``benchmarks/_jax_peer.py``), one process,
+  XLA's thread pool (both cores available; the mean number of cores it kept busy is
+  printed) with ``_jax_peer.SAFE_XLA_FLAGS`` (jax 0.10.2 deadlocks on CPU without them),
+  samples drawn in the graph from the kernels' own counter-based streams.
 
 Four workloads: population gradient with records at t = 0 only (``record_every = 200``)
 and at every step (``record_every = 1``); minibatch 32 at every step and at t = 0 only.
