@@ -443,8 +443,7 @@ class PeerProcess:
     other side idles. ``env`` is applied in the child before JAX is imported.
 
     Watchdog: jax 0.10.2 on CPU sometimes deadlocks inside an execution of the vmapped
-    sweep (every thread in a futex wait, no CPU used; seen in roughly one of ten runs that
-    follow an idle second). A request that has not answered after ``timeout`` seconds
+    sweep (every thread in a futex wait, no CPU used; see ``SAFE_XLA_FLAGS``). A request that has not answered after ``timeout`` seconds
     kills the child, starts a new one, compiles again what had been compiled, and repeats
     the request (up to 3 times); ``restarts`` counts these. A hung run is never timed."""
 
@@ -511,10 +510,13 @@ class PeerProcess:
             self._proc.kill()
 
 
-#: XLA flag the JAX peer runs with. With Eigen's multi-threading on, jax 0.10.2's CPU
-#: runtime deadlocked in most repeated runs of the vmapped sweep here; with it off the
-#: hang is rarer (the watchdog above handles it), and the time is the same within noise.
-SAFE_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false"
+#: XLA flags the JAX peer runs with. jax 0.10.2's CPU runtime deadlocked here (every thread
+#: in a futex wait, no CPU used) in most runs of the vmapped minibatch sweep with records,
+#: and in some of the others, with its default flags; with Eigen's multi-threading and the
+#: concurrency-optimised scheduler off the hang became rare (about 1 run in 15), and the
+#: times did not change beyond the noise. The watchdog of PeerProcess handles the rest.
+SAFE_XLA_FLAGS = ("--xla_cpu_multi_thread_eigen=false "
+                  "--xla_cpu_enable_concurrency_optimized_scheduler=false")
 
 
 def _serve(conn, env) -> None:
@@ -533,7 +535,7 @@ def _serve(conn, env) -> None:
     import time
     import traceback
 
-    compiled = {}
+    compiled, cores = {}, []
     while True:
         msg = conn.recv()
         if msg is None:
@@ -550,12 +552,17 @@ def _serve(conn, env) -> None:
                 fn, p = compiled[name]
                 value = []
                 for _ in range(repeats):
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     block(fn(p))
                     value.append(time.perf_counter() - t0)
+                    # cores busy on average (CPU time of all threads over wall time)
+                    cores.append((time.process_time() - c0) / value[-1])
             elif op == "outputs":  # name -> NumPy outputs of one run
                 fn, p = compiled[args[0]]
                 value = {k: np.asarray(v) for k, v in block(fn(p)).items()}
+            elif op == "cores":  # mean cores busy during the timed runs since last asked
+                value = float(np.mean(cores)) if cores else float("nan")
+                cores.clear()
             elif op == "drop":
                 compiled.pop(args[0], None)
                 value = None
