@@ -48,16 +48,11 @@ from ._basis import BASIS_EIGEN, to_eigen, to_features
 from ._rng import epoch_indices
 from ._rng import minibatch as minibatch_sample
 from ._generated.factorised import (
-    batch_grad_A,
-    batch_grad_B,
     batch_residual,
     curvature_cross,
     descent,
     descent_drift,
     descent_signal,
-    excess_loss,
-    grad_A,
-    grad_B,
 )
 
 #: Names of the per-step records, in the row order of the kernels' ``rec`` array.
@@ -94,15 +89,53 @@ STATUS_OK, STATUS_DIVERGED = 0, 1
  _CURV_SIGNAL, _CURV_CROSS, _CURV_DRIFT) = range(17)
 
 
-@njit(cache=True)
-def optimizer_update(p, g, buf, sq, t, lr, opt, momentum, nesterov, beta1, beta2, eps, wd,
-                     code, pairs, cs, Q):
-    """New value of parameter ``p`` after one step, with torch.optim's exact semantics.
+@njit(cache=True, error_model="numpy")
+def _axpy_inplace(y, a, x):
+    """y ← y + a·x, elementwise (flat views of C-contiguous arrays)."""
+    yf, xf = y.reshape(-1), x.reshape(-1)
+    for i in range(yf.size):
+        yf[i] = yf[i] + a * xf[i]
 
-    ``buf`` (SGD momentum buffer / Adam first moment) and ``sq`` (Adam second moment) are
-    updated in place; ``t`` is the 0-based step index (Adam's step count is t + 1).
-    ``(code, pairs, cs, Q)`` is the feature basis of ``p``'s rows (:mod:`._basis`): ``p``
-    and ``g`` are in eigen-coordinates, Adam's moments in feature coordinates.
+
+@njit(cache=True, error_model="numpy")
+def _adam_moments(g, buf, sq, beta1, beta2, step_size, bc2_root, eps, out, subtract):
+    """Adam's moments and step in one pass (``error_model="numpy"`` lets LLVM vectorise
+    the division; ε > 0 is validated, so no denominator is zero):
+    ``m ← m + (1 − β₁)(g − m)``, ``v ← β₂v + (1 − β₂)g²``, and
+    ``out ← out − step·m / (√v / √bc₂ + ε)`` (``subtract``) or ``out ← step·m / (…)``.
+    The operations are torch's (``lerp_``, ``mul_().addcmul_()``, ``addcdiv_``), in its
+    order."""
+    gf, mf, vf, of = g.reshape(-1), buf.reshape(-1), sq.reshape(-1), out.reshape(-1)
+    a1 = 1.0 - beta1
+    a2 = 1.0 - beta2
+    if subtract:
+        for i in range(gf.size):
+            gi = gf[i]
+            mi = mf[i] + a1 * (gi - mf[i])
+            vi = beta2 * vf[i] + a2 * gi * gi
+            mf[i] = mi
+            vf[i] = vi
+            of[i] = of[i] - step_size * (mi / (np.sqrt(vi) / bc2_root + eps))
+    else:
+        for i in range(gf.size):
+            gi = gf[i]
+            mi = mf[i] + a1 * (gi - mf[i])
+            vi = beta2 * vf[i] + a2 * gi * gi
+            mf[i] = mi
+            vf[i] = vi
+            of[i] = step_size * (mi / (np.sqrt(vi) / bc2_root + eps))
+
+
+@njit(cache=True, error_model="numpy")
+def optimizer_step(p, g, buf, sq, t, lr, opt, momentum, nesterov, beta1, beta2, eps, wd,
+                   code, pairs, cs, Q):
+    """One optimiser step on parameter ``p`` in place, with torch.optim's exact semantics.
+
+    ``g`` is the gradient (overwritten: it is scratch space), ``buf`` (SGD momentum buffer
+    / Adam first moment) and ``sq`` (Adam second moment) are updated in place; ``t`` is
+    the 0-based step index (Adam's step count is t + 1). ``(code, pairs, cs, Q)`` is the
+    feature basis of ``p``'s rows (:mod:`._basis`): ``p`` and ``g`` are in
+    eigen-coordinates, Adam's moments in feature coordinates.
 
     - SGD: ``g ← g + wd·p``; with momentum μ: ``buf ← g`` at the first step, else
       ``buf ← μ·buf + g`` (no dampening); ``g ← g + μ·buf`` (Nesterov) or ``g ← buf``;
@@ -110,34 +143,45 @@ def optimizer_update(p, g, buf, sq, t, lr, opt, momentum, nesterov, beta1, beta2
     - Adam: ``g ← g + wd·p``; AdamW: ``p ← p·(1 − lr·wd)``. Then, in feature coordinates,
       ``m ← m + (1 − β₁)(g − m)``, ``v ← β₂v + (1 − β₂)g²``,
       ``p ← p − lr/(1 − β₁^{t+1}) · m / (√v / √(1 − β₂^{t+1}) + ε)``.
+
+    Every pass is a fused in-place loop (no temporaries in the eigenbasis).
     """
+    pf, gf = p.reshape(-1), g.reshape(-1)
     if opt == OPT_SGD:
         if wd != 0.0:
-            g = g + wd * p
+            _axpy_inplace(g, wd, p)
         if momentum != 0.0:
+            bf = buf.reshape(-1)
             if t == 0:
-                buf[...] = g
+                for i in range(gf.size):
+                    bf[i] = gf[i]
             else:
-                buf[...] = momentum * buf + g
+                for i in range(gf.size):
+                    bf[i] = momentum * bf[i] + gf[i]
             if nesterov:
-                g = g + momentum * buf
+                _axpy_inplace(g, momentum, buf)
             else:
                 g = buf
-        return p - lr * g
+        _axpy_inplace(p, -lr, g)
+        return
     if opt == OPT_ADAMW:
-        p = p * (1.0 - lr * wd)
+        decay = 1.0 - lr * wd
+        for i in range(pf.size):
+            pf[i] = pf[i] * decay
     elif wd != 0.0:
-        g = g + wd * p
-    g = to_features(g, code, pairs, cs, Q)
-    buf[...] = buf + (1.0 - beta1) * (g - buf)
-    sq[...] = beta2 * sq + (1.0 - beta2) * g * g
-    bc1 = 1.0 - beta1 ** (t + 1)
-    bc2 = 1.0 - beta2 ** (t + 1)
+        _axpy_inplace(g, wd, p)
+    # A float exponent: C's pow, as torch's (Python's) ``beta ** step``; an integer one
+    # would take Numba's repeated multiplication, an ulp away.
+    bc1 = 1.0 - beta1 ** float(t + 1)
+    bc2 = 1.0 - beta2 ** float(t + 1)
     step_size = lr / bc1
-    denom = np.sqrt(sq) / np.sqrt(bc2) + eps
     if code == BASIS_EIGEN:
-        return p - step_size * (buf / denom)
-    return p - to_eigen(step_size * (buf / denom), code, pairs, cs, Q)
+        _adam_moments(g, buf, sq, beta1, beta2, step_size, np.sqrt(bc2), eps, p, True)
+        return
+    gfeat = to_features(g, code, pairs, cs, Q)
+    _adam_moments(gfeat, buf, sq, beta1, beta2, step_size, np.sqrt(bc2), eps, gfeat, False)
+    step = to_eigen(gfeat, code, pairs, cs, Q)
+    _axpy_inplace(p, -1.0, step)
 
 
 @njit(cache=True)
@@ -166,10 +210,41 @@ def _ratio(num, den):
     return 0.0 if num == 0.0 else np.inf
 
 
-@njit(cache=True)
-def _qr_r(X):
-    """R factor of the thin QR decomposition of X (backward stable, Householder)."""
-    return np.linalg.qr(X)[1]
+try:  # Numba's binding of LAPACK's dgeqrf (what np.linalg.qr calls first): R without Q
+    from numba import types as _nbtypes
+    from numba.np.linalg import _LAPACK
+
+    _GEQRF = _LAPACK().numba_ez_geqrf(_nbtypes.float64)
+except Exception:  # pragma: no cover - a Numba without it: np.linalg.qr, which also forms Q
+    _GEQRF = None
+
+_KIND_D = ord("d")
+
+if _GEQRF is not None:
+    @njit(cache=True)
+    def _qr_r(X):
+        """R factor (min(p, n) × n) of the thin QR decomposition of X (p × n): LAPACK's
+        Householder ``dgeqrf``, backward stable; Q is never formed."""
+        p, n = X.shape
+        K = min(p, n)
+        if K == 0:
+            return np.zeros((K, n))
+        work = np.empty((n, p))  # X in column-major order (leading dimension p)
+        for i in range(p):
+            for j in range(n):
+                work[j, i] = X[i, j]
+        tau = np.empty(K)
+        _GEQRF(_KIND_D, p, n, work.ctypes, p, tau.ctypes)
+        R = np.zeros((K, n))
+        for j in range(n):
+            for i in range(min(j + 1, K)):
+                R[i, j] = work[j, i]
+        return R
+else:  # pragma: no cover
+    @njit(cache=True)
+    def _qr_r(X):
+        """R factor of the thin QR decomposition of X (backward stable, Householder)."""
+        return np.linalg.qr(X)[1]
 
 
 @njit(cache=True)
@@ -193,17 +268,44 @@ def _columns(X, Y):
 
 
 @njit(cache=True)
-def _subspace_overlap(A, V):
-    """‖Q_Aᵀ V‖², Q_A an orthonormal basis of A's row space (from the SVD, so that a
-    rank-deficient A, e.g. ``gaussian-b``'s A₀ = 0, is handled): the sum of cos² of the
-    principal angles between A's rows and the task's V."""
-    Ua, sv, _ = np.linalg.svd(A.T, full_matrices=False)
+def _subspace_overlap(RA, AV):
+    """‖Q_Aᵀ V‖², Q_A an orthonormal basis of A's row space: the sum of cos² of the
+    principal angles between A's rows and the task's V.
+
+    From ``RA`` (p × r), the R factor of a thin QR of Aᵀ (``Aᵀ = Q·RA``), and ``AV = A·V``
+    (r × k): with the SVD ``RA = W·S·Zᵀ``, Aᵀ's left singular vectors are ``Q·W``, so
+    ``Q_Aᵀ V = S⁻¹ Zᵀ A V`` over the singular values above 1e-12 of the largest (a
+    rank-deficient A, e.g. ``gaussian-b``'s A₀ = 0, keeps only its row space). When RA's
+    diagonal is within 10⁶ of its largest entry, the equal ``‖RA⁻ᵀ·AV‖²`` (a triangular
+    solve) replaces the r × r SVD."""
+    if not np.all(np.isfinite(RA)):
+        return np.nan
+    p, r = RA.shape
+    if p == r:
+        dmax, dmin = 0.0, np.inf
+        for j in range(r):
+            dmax = max(dmax, abs(RA[j, j]))
+            dmin = min(dmin, abs(RA[j, j]))
+        if dmin > 1e-6 * dmax:
+            # Well-conditioned A: Q_Aᵀ V = RA⁻ᵀ·AV, a forward substitution (RAᵀ is lower
+            # triangular); the same value as the SVD form below.
+            X = AV.copy()
+            for i in range(r):
+                for j in range(i):
+                    for q in range(X.shape[1]):
+                        X[i, q] -= RA[j, i] * X[j, q]
+                for q in range(X.shape[1]):
+                    X[i, q] /= RA[i, i]
+            return np.sum(X * X)
+    _, sv, Zt = np.linalg.svd(RA, full_matrices=False)
     top = sv.max() if sv.size else 0.0
     out = 0.0
-    for j in range(sv.size):
-        if sv[j] > 1e-12 * top and top > 0.0:
-            c = Ua[:, j] @ V
-            out += np.sum(c * c)
+    if top > 0.0:
+        C = Zt @ AV
+        for j in range(sv.size):
+            if sv[j] > 1e-12 * top:
+                c = C[j] / sv[j]
+                out += np.sum(c * c)
     return out
 
 
@@ -245,7 +347,93 @@ def lora_train_loss(s, A, B, U, Sg, Xtr, XVtr, Ntr):
     return 0.5 * np.sum(R * R) / Xtr.shape[0]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
+def _population_grams(A, B, lam, H, F, P, Gm):
+    """The step's Gram products, two GEMMs on stacked thin factors:
+    ``H[:r] = AΣ`` (H[r:] holds VᵀΣ), ``F[:, :r] = B`` (F[:, r:] holds U),
+    ``P = H·Aᵀ = [AΣAᵀ; VᵀΣAᵀ]`` and ``Gm = Fᵀ·B = [BᵀB; UᵀB]``."""
+    r, d = A.shape
+    m = B.shape[0]
+    for i in range(r):
+        for j in range(d):
+            H[i, j] = A[i, j] * lam[j]
+    for i in range(m):
+        for j in range(r):
+            F[i, j] = B[i, j]
+    np.dot(H, A.T, P)
+    np.dot(F.T, B, Gm)
+
+
+@njit(cache=True, error_model="numpy")
+def _trace_loss(s, P, Gm, sig, c_loss, r):
+    """``L = ½s²tr(AΣAᵀ·BᵀB) − s·tr(diag σ⋆·UᵀB·(VᵀΣAᵀ)ᵀ) + ½c`` from ``P`` and ``Gm``
+    (:func:`_population_grams`): the generated ``excess_loss`` as two fused sums (checked
+    against it in ``tests/test_kernels.py``)."""
+    quad = 0.0
+    for i in range(r):
+        for j in range(r):
+            quad += P[i, j] * Gm[j, i]
+    lin = 0.0
+    for i in range(sig.size):
+        acc = 0.0
+        for j in range(r):
+            acc += Gm[r + i, j] * P[r + i, j]
+        lin += sig[i] * acc
+    return 0.5 * s * s * quad - s * lin + 0.5 * c_loss
+
+
+@njit(cache=True, error_model="numpy")
+def _population_grads(s, sig, H, F, P, Gm, Ca, Cb, gA, gB):
+    """Population gradients (THEORY §2; the generated ``grad_A``/``grad_B``) as one GEMM
+    each on the stacked factors:
+    ``∇_B = s²B·AΣAᵀ − sU·diag σ⋆·VᵀΣAᵀ = F·Cb``, ``Cb = [s²AΣAᵀ; −s·diag σ⋆·VᵀΣAᵀ]``;
+    ``∇_A = s²BᵀB·AΣ − s(UᵀB)ᵀdiag σ⋆·VᵀΣ = Ca·H``, ``Ca = [s²BᵀB, −s(UᵀB)ᵀdiag σ⋆]``."""
+    r = Ca.shape[0]
+    k = sig.size
+    s2 = s * s
+    for i in range(r):
+        for j in range(r):
+            Cb[i, j] = s2 * P[i, j]
+            Ca[i, j] = s2 * Gm[i, j]
+    for i in range(k):
+        f = -s * sig[i]
+        for j in range(r):
+            Cb[r + i, j] = f * P[r + i, j]
+            Ca[j, r + i] = f * Gm[r + i, j]
+    np.dot(F, Cb, gB)
+    np.dot(Ca, H, gA)
+
+
+@njit(cache=True, error_model="numpy")
+def _batch_grads(s, X, XV, N, A, B, U, sig, F, XA, Xd, R, RB, gA, gB):
+    """Minibatch / training-set gradients (THEORY §2; the generated ``batch_residual``,
+    ``batch_grad_A``, ``batch_grad_B``) into preallocated buffers:
+    ``R = s·XAᵀBᵀ − XV·diag σ⋆·Uᵀ − N = [s·XAᵀ, −XV·diag σ⋆]·Fᵀ − N``,
+    ``∇_B = (s/n)RᵀXAᵀ``, ``∇_A = (s/n)(RB)ᵀX``. Leaves R (n × m) in place."""
+    n = X.shape[0]
+    r = A.shape[0]
+    k = sig.size
+    np.dot(X, A.T, XA)
+    for i in range(n):
+        for j in range(r):
+            Xd[i, j] = s * XA[i, j]
+        for j in range(k):
+            Xd[i, r + j] = -XV[i, j] * sig[j]
+    np.dot(Xd, F.T, R)
+    for i in range(n):
+        for j in range(R.shape[1]):
+            R[i, j] = R[i, j] - N[i, j]
+    c = s / n
+    np.dot(R, B, RB)
+    for i in range(n):
+        for j in range(r):
+            XA[i, j] = c * XA[i, j]
+            RB[i, j] = c * RB[i, j]
+    np.dot(R.T, XA, gB)
+    np.dot(RB.T, X, gA)
+
+
+@njit(cache=True, error_model="numpy")
 def lora_run(t0, t1, A, B, bufA, bufB, sqA, sqB,
              s, lam, U, V, sig, Sg, VtS, c_loss,
              lrs, lr_ratio, n, key_x, key_e, noise, Xtr, XVtr, Ntr, key_ep,
@@ -255,10 +443,14 @@ def lora_run(t0, t1, A, B, bufA, bufB, sqA, sqB,
     """Advance one configuration's LoRA (A, B) over steps [t0, t1) in place; record
     THEORY §3's terms.
 
+    A step costs four thin GEMMs on stacked factors (:func:`_population_grams`,
+    :func:`_population_grads`; with minibatches :func:`_batch_grads`) and two fused
+    optimiser passes (:func:`optimizer_step`); every buffer is allocated once per call.
+
     Args:
         t0, t1: global step range.
         A, B: (r, d) in Σ's eigen-coordinates, (m, r); updated in place.
-        bufA, bufB, sqA, sqB: optimiser state (see :func:`optimizer_update`); A's in
+        bufA, bufB, sqA, sqB: optimiser state (see :func:`optimizer_step`); A's in
             feature coordinates.
         s: scaling factor. lam: (d,) Σ's eigenvalues. U (m, k), V (d, k), sig = σ⋆ (k,),
         Sg = diag(σ⋆), VtS = VᵀΣ (k, d), c_loss = ‖Δ⋆Σ^½‖².
@@ -283,101 +475,128 @@ def lora_run(t0, t1, A, B, bufA, bufB, sqA, sqB,
     r, d = A.shape
     m, k = U.shape
     no_rot = np.zeros((0, 0))
+    nb = n if minibatch else (Xtr.shape[0] if has_train else 0)
     Xb = np.zeros((n, d))
     Nb = np.zeros((n, m))
+    XVb = np.zeros((n, k))
     idx = np.zeros(n, dtype=np.int64)
     perm = np.zeros(Xtr.shape[0] if minibatch else 0, dtype=np.int64)
     sqrt_lam = np.sqrt(lam)
+    # Stacked factors and every product of a step, allocated once.
+    H = np.empty((r + k, d))
+    H[r:] = VtS
+    F = np.empty((m, r + k))
+    F[:, r:] = U
+    P = np.empty((r + k, r))
+    Gm = np.empty((r + k, r))
+    Ca = np.empty((r, r + k))
+    Cb = np.empty((r + k, r))
+    gA = np.empty((r, d))
+    gB = np.empty((m, r))
+    XA = np.empty((nb, r))
+    Xd = np.empty((nb, r + k))
+    R = np.empty((nb, m))
+    RB = np.empty((nb, r))
+    A_old = np.empty((r, d))
+    B_old = np.empty((m, r))
     for t in range(t0, t1):
-        AS = A * lam
-        ASAt = AS @ A.T
-        VSAt = VtS @ A.T
-        BtB = B.T @ B
-        UtB = U.T @ B
-        L = excess_loss(s, BtB, ASAt, UtB, VSAt, Sg, c_loss)
+        _population_grams(A, B, lam, H, F, P, Gm)
+        L = _trace_loss(s, P, Gm, sig, c_loss, r)
         record = t % record_every == 0
         i = t // record_every
         if not (np.isfinite(L) and L <= bound):
             if record:
                 loss[i] = L
             return STATUS_DIVERGED, t
-        R_train = np.zeros((0, 0))
         if minibatch:
             draw_minibatch(t, key_x, key_e, key_ep, sqrt_lam, noise, Xtr, Ntr, perm, idx,
                            Xb, Nb)
-            XA = Xb @ A.T
-            R = batch_residual(s, B, XA, U, Sg, Xb @ V, Nb)
-            gB = batch_grad_B(s, n, R, XA)
-            gA = batch_grad_A(s, n, R, B, Xb)
+            np.dot(Xb, V, XVb)
+            _batch_grads(s, Xb, XVb, Nb, A, B, U, sig, F, XA, Xd, R, RB, gA, gB)
         elif has_train:
-            XA = Xtr @ A.T
-            R_train = batch_residual(s, B, XA, U, Sg, XVtr, Ntr)
-            gB = batch_grad_B(s, Xtr.shape[0], R_train, XA)
-            gA = batch_grad_A(s, Xtr.shape[0], R_train, B, Xtr)
+            _batch_grads(s, Xtr, XVtr, Ntr, A, B, U, sig, F, XA, Xd, R, RB, gA, gB)
         else:
-            gB = grad_B(s, B, U, Sg, ASAt, VSAt)
-            gA = grad_A(s, BtB, UtB, Sg, AS, VtS)
-        lr = lrs[t]
-        A1 = optimizer_update(A, gA, bufA, sqA, t, lr, opt, momentum, nesterov,
-                              beta1, beta2, eps, wd, code, pairs, cs, Q)
-        B1 = optimizer_update(B, gB, bufB, sqB, t, lr_ratio * lr, opt, momentum, nesterov,
-                              beta1, beta2, eps_b, wd, BASIS_EIGEN, pairs, cs, no_rot)
+            _population_grads(s, sig, H, F, P, Gm, Ca, Cb, gA, gB)
         if record:
-            RF = residual_factors(s, B, U, sig)
-            L_rec, gn = loss_and_grad_norm(RF, A, V, lam)
-            loss[i] = L_rec
+            A_old[...] = A
+            B_old[...] = B
+        lr = lrs[t]
+        optimizer_step(A, gA, bufA, sqA, t, lr, opt, momentum, nesterov,
+                       beta1, beta2, eps, wd, code, pairs, cs, Q)
+        optimizer_step(B, gB, bufB, sqB, t, lr_ratio * lr, opt, momentum, nesterov,
+                       beta1, beta2, eps_b, wd, BASIS_EIGEN, pairs, cs, no_rot)
+        if record:
             if has_train:
-                if R_train.shape[0] == 0:
-                    R_train = train_residual(s, A, B, U, Sg, Xtr, XVtr, Ntr)
-                train_loss[i] = 0.5 * np.sum(R_train * R_train) / Xtr.shape[0]
-            dA = A1 - A
-            dB = B1 - B
-            # S = s(ΔB·A + B·ΔA), D = sΔB·ΔA, ΔW = S + D = s(ΔB·A₁ + B·ΔA): products of the
-            # thin factors [ΔB, B] and [Aᵀ, ΔAᵀ] (Σ^½-weighted for the curvature terms).
-            R2 = _qr_r(_columns(dB, B))
-            Aside = _columns(A.T, dA.T)
-            R3 = _qr_r(Aside)
-            R4 = _qr_r(Aside * np.sqrt(lam)[:, None])
-            R2a, R2b = _cols(R2, 0, r), _cols(R2, r, 2 * r)
-            R3a, R3b = _cols(R3, 0, r), _cols(R3, r, 2 * r)
-            R4a, R4b = _cols(R4, 0, r), _cols(R4, r, 2 * r)
-            sn = s * _fro(R2a @ R3a.T + R2b @ R3b.T)
-            dn = s * _fro(R2a @ R3b.T)
-            un = s * _fro(R2a @ (R3a + R3b).T + R2b @ R3b.T)
-            kap_s = 0.5 * (s * _fro(R2a @ R4a.T + R2b @ R4b.T)) ** 2
-            kap_d = 0.5 * (s * _fro(R2a @ R4b.T)) ** 2
-            kap = 0.5 * (s * _fro(R2a @ (R4a + R4b).T + R2b @ R4b.T)) ** 2
-            dBtB = dB.T @ B
-            dBtU = dB.T @ U
-            ASdAt = AS @ dA.T
-            dASdAt = (dA * lam) @ dA.T
-            VSdAt = VtS @ dA.T
-            dBtdB = dB.T @ dB
-            des_s = descent_signal(s, dBtB, dBtU, BtB, UtB, Sg, ASAt, VSAt, ASdAt, VSdAt)
-            des_d = descent_drift(s, dBtB, dBtU, BtB, UtB, Sg, ASAt, VSAt, ASdAt, VSdAt)
-            des = descent(s, dBtB, dBtU, BtB, UtB, Sg, ASAt, VSAt, ASdAt, VSdAt)
-            kap_x = curvature_cross(s, dBtdB, dBtB, BtB, ASAt, ASdAt, dASdAt)
-            overlap = _subspace_overlap(A, V) / min(r, k)
-            rec[_GRAD_NORM, i] = gn
-            rec[_SIGNAL_NORM, i] = sn
-            rec[_DRIFT_NORM, i] = dn
-            rec[_DRIFT_RATIO, i] = _ratio(dn, sn)
-            rec[_PROGRESS, i] = -des / gn if gn > 0.0 else 0.0
-            rec[_DESCENT, i] = des
-            rec[_CURVATURE, i] = kap
-            rec[_UPDATE_NORM, i] = un
-            rec[_ADAPTER_NORM, i] = s * _fro(R2b @ R3a.T)
-            rec[_A_NORM, i] = _fro(A)
-            rec[_B_NORM, i] = _fro(B)
-            rec[_SUBSPACE, i] = overlap
-            rec[_DESCENT_SIGNAL, i] = des_s
-            rec[_DESCENT_DRIFT, i] = des_d
-            rec[_CURV_SIGNAL, i] = kap_s
-            rec[_CURV_CROSS, i] = kap_x
-            rec[_CURV_DRIFT, i] = kap_d
-        A[...] = A1
-        B[...] = B1
+                if minibatch:
+                    Rt = train_residual(s, A_old, B_old, U, Sg, Xtr, XVtr, Ntr)
+                    train_loss[i] = 0.5 * np.sum(Rt * Rt) / Xtr.shape[0]
+                else:
+                    train_loss[i] = 0.5 * np.sum(R * R) / Xtr.shape[0]
+            _record_lora(s, A_old, B_old, A, B, lam, U, V, sig, Sg, VtS, P, Gm, H, r,
+                         loss, rec, i)
     return STATUS_OK, t1
+
+
+@njit(cache=True)
+def _record_lora(s, A, B, A1, B1, lam, U, V, sig, Sg, VtS, P, Gm, H, r, loss, rec, i):
+    """Step i's records (RECORD_NAMES) from the state (A, B) before and (A1, B1) after
+    the step; ``P``, ``Gm``, ``H`` hold the step's Gram products and AΣ
+    (:func:`_population_grams`)."""
+    ASAt = np.ascontiguousarray(P[:r])
+    VSAt = np.ascontiguousarray(P[r:])
+    BtB = np.ascontiguousarray(Gm[:r])
+    UtB = np.ascontiguousarray(Gm[r:])
+    AS = np.ascontiguousarray(H[:r])
+    RF = residual_factors(s, B, U, sig)
+    L_rec, gn = loss_and_grad_norm(RF, A, V, lam)
+    loss[i] = L_rec
+    dA = A1 - A
+    dB = B1 - B
+    # S = s(ΔB·A + B·ΔA), D = sΔB·ΔA, ΔW = S + D = s(ΔB·A₁ + B·ΔA): products of the
+    # thin factors [ΔB, B] and [Aᵀ, ΔAᵀ] (Σ^½-weighted for the curvature terms).
+    R2 = _qr_r(_columns(dB, B))
+    Aside = _columns(A.T, dA.T)
+    R3 = _qr_r(Aside)
+    R4 = _qr_r(Aside * np.sqrt(lam)[:, None])
+    R2a, R2b = _cols(R2, 0, r), _cols(R2, r, 2 * r)
+    R3a, R3b = _cols(R3, 0, r), _cols(R3, r, 2 * r)
+    R4a, R4b = _cols(R4, 0, r), _cols(R4, r, 2 * r)
+    sn = s * _fro(R2a @ R3a.T + R2b @ R3b.T)
+    dn = s * _fro(R2a @ R3b.T)
+    un = s * _fro(R2a @ (R3a + R3b).T + R2b @ R3b.T)
+    kap_s = 0.5 * (s * _fro(R2a @ R4a.T + R2b @ R4b.T)) ** 2
+    kap_d = 0.5 * (s * _fro(R2a @ R4b.T)) ** 2
+    kap = 0.5 * (s * _fro(R2a @ (R4a + R4b).T + R2b @ R4b.T)) ** 2
+    dBtB = dB.T @ B
+    dBtU = dB.T @ U
+    ASdAt = AS @ dA.T
+    dASdAt = (dA * lam) @ dA.T
+    VSdAt = VtS @ dA.T
+    dBtdB = dB.T @ dB
+    des_s = descent_signal(s, dBtB, dBtU, BtB, UtB, Sg, ASAt, VSAt, ASdAt, VSdAt)
+    des_d = descent_drift(s, dBtB, dBtU, BtB, UtB, Sg, ASAt, VSAt, ASdAt, VSdAt)
+    des = descent(s, dBtB, dBtU, BtB, UtB, Sg, ASAt, VSAt, ASdAt, VSdAt)
+    kap_x = curvature_cross(s, dBtdB, dBtB, BtB, ASAt, ASdAt, dASdAt)
+    # Aᵀ's R factor is the leading block of R3 (``[Aᵀ, ΔAᵀ] = Q·R3``).
+    RA = np.ascontiguousarray(R3[:min(r, R3.shape[0]), :r])
+    overlap = _subspace_overlap(RA, A @ V) / min(r, V.shape[1])
+    rec[_GRAD_NORM, i] = gn
+    rec[_SIGNAL_NORM, i] = sn
+    rec[_DRIFT_NORM, i] = dn
+    rec[_DRIFT_RATIO, i] = _ratio(dn, sn)
+    rec[_PROGRESS, i] = -des / gn if gn > 0.0 else 0.0
+    rec[_DESCENT, i] = des
+    rec[_CURVATURE, i] = kap
+    rec[_UPDATE_NORM, i] = un
+    rec[_ADAPTER_NORM, i] = s * _fro(R2b @ R3a.T)
+    rec[_A_NORM, i] = _fro(A)
+    rec[_B_NORM, i] = _fro(B)
+    rec[_SUBSPACE, i] = overlap
+    rec[_DESCENT_SIGNAL, i] = des_s
+    rec[_DESCENT_DRIFT, i] = des_d
+    rec[_CURV_SIGNAL, i] = kap_s
+    rec[_CURV_CROSS, i] = kap_x
+    rec[_CURV_DRIFT, i] = kap_d
 
 
 @njit(cache=True)
@@ -394,7 +613,7 @@ def full_train_loss(Delta, Dstar, Xtr, Ntr):
     return 0.5 * np.sum(R * R) / Xtr.shape[0]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def full_run(t0, t1, Delta, buf, sq, Dstar, lam, lrs, n, key_x, key_e, noise, Xtr, Ntr,
              key_ep, opt, momentum, nesterov, beta1, beta2, eps, wd,
              code, pairs, cs, Q, record_every, bound, loss, train_loss, rec):
@@ -414,10 +633,19 @@ def full_run(t0, t1, Delta, buf, sq, Dstar, lam, lrs, n, key_x, key_e, noise, Xt
     idx = np.zeros(n, dtype=np.int64)
     perm = np.zeros(Xtr.shape[0] if minibatch else 0, dtype=np.int64)
     sqrt_lam = np.sqrt(lam)
+    E = np.empty((m, d))
+    G = np.empty((m, d))
+    g = np.empty((m, d))
+    D_old = np.empty((m, d))
     for t in range(t0, t1):
-        E = Delta - Dstar
-        G = E * lam
-        L = 0.5 * np.sum(E * G)
+        L = 0.0
+        for a in range(m):
+            for b in range(d):
+                e = Delta[a, b] - Dstar[a, b]
+                E[a, b] = e
+                G[a, b] = e * lam[b]
+                L += e * G[a, b]
+        L = 0.5 * L
         record = t % record_every == 0
         i = t // record_every
         if record:
@@ -429,20 +657,22 @@ def full_run(t0, t1, Delta, buf, sq, Dstar, lam, lrs, n, key_x, key_e, noise, Xt
             draw_minibatch(t, key_x, key_e, key_ep, sqrt_lam, noise, Xtr, Ntr, perm, idx,
                            Xb, Nb)
             R = Xb @ E.T - Nb
-            g = (R.T @ Xb) / n
+            g[...] = (R.T @ Xb) / n
         elif has_train:
             R_train = Xtr @ E.T - Ntr
-            g = (R_train.T @ Xtr) / Xtr.shape[0]
+            g[...] = (R_train.T @ Xtr) / Xtr.shape[0]
         else:
-            g = G
-        D1 = optimizer_update(Delta, g, buf, sq, t, lrs[t], opt, momentum, nesterov,
-                              beta1, beta2, eps, wd, code, pairs, cs, Q)
+            g[...] = G
+        if record:
+            D_old[...] = Delta
+        optimizer_step(Delta, g, buf, sq, t, lrs[t], opt, momentum, nesterov,
+                       beta1, beta2, eps, wd, code, pairs, cs, Q)
         if record:
             if has_train:
                 if R_train.shape[0] == 0:
                     R_train = Xtr @ E.T - Ntr
                 train_loss[i] = 0.5 * np.sum(R_train * R_train) / Xtr.shape[0]
-            dW = D1 - Delta
+            dW = Delta - D_old
             gn = np.sqrt(np.sum(G * G))
             des = np.sum(dW * G)
             un = np.sqrt(np.sum(dW * dW))
@@ -455,7 +685,7 @@ def full_run(t0, t1, Delta, buf, sq, Dstar, lam, lrs, n, key_x, key_e, noise, Xt
             rec[_DESCENT, i] = des
             rec[_CURVATURE, i] = kap
             rec[_UPDATE_NORM, i] = un
-            rec[_ADAPTER_NORM, i] = np.sqrt(np.sum(Delta * Delta))
+            rec[_ADAPTER_NORM, i] = np.sqrt(np.sum(D_old * D_old))
             rec[_A_NORM, i] = np.nan
             rec[_B_NORM, i] = np.nan
             rec[_SUBSPACE, i] = np.nan
@@ -464,7 +694,6 @@ def full_run(t0, t1, Delta, buf, sq, Dstar, lam, lrs, n, key_x, key_e, noise, Xt
             rec[_CURV_SIGNAL, i] = kap
             rec[_CURV_CROSS, i] = 0.0
             rec[_CURV_DRIFT, i] = 0.0
-        Delta[...] = D1
     return STATUS_OK, t1
 
 
