@@ -15,14 +15,14 @@ against signaldrift's before it is timed.
 
 Then: the fraction of one core's dgemm rate (NumPy, 1 thread, n = 2048) that the kernel
 reaches at d = 4096, counting the kernel's matrix-product flops per population step as
-``4·r·(r + k)·(m + d)`` (the eight thin products of the gradient and its Gram matrices;
+``4·r·(r + k)·(m + d)`` (the four GEMMs on stacked factors: the Gram products
+``[AΣ; VᵀΣ]·Aᵀ``, ``[B, U]ᵀ·B`` and the gradients ``[B, U]·C_B``, ``C_A·[AΣ; VᵀΣ]``;
 Adam's ~15 elementwise flops per parameter, ``15·r·(m + d)``, are reported beside it).
 
-And (``--profile``, on by default) a line-level breakdown of the kernel's step: Numba
-variants that stop after the Gram products, after the gradients, after Adam (the full
-step), and the same with Adam fused into one loop and the products written into
-preallocated arrays, and that with Numba's ``error_model='numpy'`` (no zero-division
-check, so LLVM vectorises Adam's division and square root), timed at each d.
+And (``--profile``, on by default) a breakdown of the kernel's step: the kernel's own
+building blocks (``signaldrift._kernels``) cut after the stacked Gram products and the
+trace loss, after the two gradient GEMMs, and after the fused Adam steps (the full step),
+beside ``simulate``'s whole run per step, timed at each d.
 
     python benchmarks/bench_single_vs_jax.py [--sizes 128 1024 4096] [--repeats 3]
         [--no-profile] [--json PATH]
@@ -95,141 +95,55 @@ def dgemm_gflops(n: int = 2048, repeats: int = 3) -> float:
 
 # --------------------------------------------------------------------------- profile
 def _profile_kernels():
-    """Numba variants of the kernel's population step (the same calls as
-    ``signaldrift._kernels.lora_run``), each over T steps."""
+    """The kernel's population step cut after each stage (the same calls as
+    ``signaldrift._kernels.lora_run``), each over T steps: the stacked Gram products and
+    the trace loss; + the two gradient GEMMs; + the fused Adam steps (= the kernel's
+    step without the divergence branch)."""
     from numba import njit
 
     from signaldrift._basis import BASIS_EIGEN
-    from signaldrift._generated.factorised import excess_loss, grad_A, grad_B
-    from signaldrift._kernels import optimizer_update
+    from signaldrift._kernels import (
+        _population_grads,
+        _population_grams,
+        _trace_loss,
+        optimizer_step,
+    )
 
-    @njit(cache=False)
-    def grams(T, A, B, lam, U, VtS, Sg, c_loss, s):
-        acc = 0.0
-        for t in range(T):
-            AS = A * lam
-            ASAt = AS @ A.T
-            VSAt = VtS @ A.T
-            BtB = B.T @ B
-            UtB = U.T @ B
-            acc += excess_loss(s, BtB, ASAt, UtB, VSAt, Sg, c_loss)
-        return acc
-
-    @njit(cache=False)
-    def gradients(T, A, B, lam, U, VtS, Sg, c_loss, s):
-        acc = 0.0
-        for t in range(T):
-            AS = A * lam
-            ASAt = AS @ A.T
-            VSAt = VtS @ A.T
-            BtB = B.T @ B
-            UtB = U.T @ B
-            acc += excess_loss(s, BtB, ASAt, UtB, VSAt, Sg, c_loss)
-            gB = grad_B(s, B, U, Sg, ASAt, VSAt)
-            gA = grad_A(s, BtB, UtB, Sg, AS, VtS)
-            acc += gA[0, 0] + gB[0, 0]
-        return acc
-
-    @njit(cache=False)
-    def full_step(T, A, B, lam, U, VtS, Sg, c_loss, s, lr, mA, vA, mB, vB):
-        no = np.zeros((0, 0))
-        pairs = np.zeros((0, 2), dtype=np.int64)
-        acc = 0.0
-        for t in range(T):
-            AS = A * lam
-            ASAt = AS @ A.T
-            VSAt = VtS @ A.T
-            BtB = B.T @ B
-            UtB = U.T @ B
-            acc += excess_loss(s, BtB, ASAt, UtB, VSAt, Sg, c_loss)
-            gB = grad_B(s, B, U, Sg, ASAt, VSAt)
-            gA = grad_A(s, BtB, UtB, Sg, AS, VtS)
-            A1 = optimizer_update(A, gA, mA, vA, t, lr, 1, 0.0, False, 0.9, 0.999, 1e-8,
-                                  0.0, BASIS_EIGEN, pairs, no, no)
-            B1 = optimizer_update(B, gB, mB, vB, t, lr, 1, 0.0, False, 0.9, 0.999, 1e-8,
-                                  0.0, BASIS_EIGEN, pairs, no, no)
-            A[...] = A1
-            B[...] = B1
-        return acc
-
-    def make_adam(**options):
-        @njit(cache=False, **options)
-        def adam_fused(p, g, mo, sq, t, lr):
-            bc1 = 1.0 - 0.9 ** (t + 1)
-            rb2 = 1.0 / np.sqrt(1.0 - 0.999 ** (t + 1))
-            step = lr / bc1
-            pf, gf, mf, sf = p.ravel(), g.ravel(), mo.ravel(), sq.ravel()
-            for i in range(pf.size):
-                gi = gf[i]
-                mi = mf[i] + 0.1 * (gi - mf[i])
-                si = 0.999 * sf[i] + 0.001 * gi * gi
-                mf[i] = mi
-                sf[i] = si
-                pf[i] -= step * (mi / (np.sqrt(si) * rb2 + 1e-8))
-        return adam_fused
-
-    def make_fused(adam_fused):
+    def make(stage):
         @njit(cache=False)
-        def fused_step(T, A, B, lam, U, VtS, Sg, c_loss, s, lr, mA, vA, mB, vB):
-            """Preallocated products (np.dot into out=), the gradient assembled in place, A
-            stored transposed once per step, Adam in one loop per factor."""
+        def run(T, A, B, lam, U, VtS, sig, c_loss, s, lr, mA, vA, mB, vB):
             r, d = A.shape
             m, k = U.shape
-            sig = np.diag(Sg).copy()
-            AS = np.empty((r, d))
-            At = np.empty((d, r))
-            ASAt, BtB = np.empty((r, r)), np.empty((r, r))
-            VSAt, UtB = np.empty((k, r)), np.empty((k, r))
-            gB, tmpB = np.empty((m, r)), np.empty((m, r))
-            gA, tmpA = np.empty((r, d)), np.empty((r, d))
-            Bt, Ut = np.empty((r, m)), np.ascontiguousarray(U.T)
-            W, W2 = np.empty((k, r)), np.empty((r, k))
+            H = np.empty((r + k, d))
+            H[r:] = VtS
+            F = np.empty((m, r + k))
+            F[:, r:] = U
+            P, Gm = np.empty((r + k, r)), np.empty((r + k, r))
+            Ca, Cb = np.empty((r, r + k)), np.empty((r + k, r))
+            gA, gB = np.empty((r, d)), np.empty((m, r))
+            no = np.zeros((0, 0))
+            pairs = np.zeros((0, 2), dtype=np.int64)
             acc = 0.0
             for t in range(T):
-                for i in range(r):
-                    for j in range(d):
-                        AS[i, j] = A[i, j] * lam[j]
-                        At[j, i] = A[i, j]
-                for i in range(m):
-                    for j in range(r):
-                        Bt[j, i] = B[i, j]
-                np.dot(AS, At, ASAt)
-                np.dot(VtS, At, VSAt)
-                np.dot(Bt, B, BtB)
-                np.dot(Ut, B, UtB)
-                L = 0.5 * c_loss
-                for i in range(r):
-                    for j in range(r):
-                        L += 0.5 * s * s * ASAt[i, j] * BtB[j, i]
-                for i in range(k):
-                    for j in range(r):
-                        L -= s * sig[i] * UtB[i, j] * VSAt[i, j]
-                        W[i, j] = s * sig[i] * VSAt[i, j]
-                        W2[j, i] = s * UtB[i, j] * sig[i]
-                acc += L
-                np.dot(B, ASAt, gB)
-                np.dot(U, W, tmpB)
-                for i in range(m):
-                    for j in range(r):
-                        gB[i, j] = s * s * gB[i, j] - tmpB[i, j]
-                np.dot(BtB, AS, gA)
-                np.dot(W2, VtS, tmpA)
-                for i in range(r):
-                    for j in range(d):
-                        gA[i, j] = s * s * gA[i, j] - tmpA[i, j]
-                adam_fused(A, gA, mA, vA, t, lr)
-                adam_fused(B, gB, mB, vB, t, lr)
+                _population_grams(A, B, lam, H, F, P, Gm)
+                acc += _trace_loss(s, P, Gm, sig, c_loss, r)
+                if stage >= 1:
+                    _population_grads(s, sig, H, F, P, Gm, Ca, Cb, gA, gB)
+                    acc += gA[0, 0] + gB[0, 0]
+                if stage >= 2:
+                    optimizer_step(A, gA, mA, vA, t, lr, 1, 0.0, False, 0.9, 0.999, 1e-8,
+                                   0.0, BASIS_EIGEN, pairs, no, no)
+                    optimizer_step(B, gB, mB, vB, t, lr, 1, 0.0, False, 0.9, 0.999, 1e-8,
+                                   0.0, BASIS_EIGEN, pairs, no, no)
             return acc
-        return fused_step
+        return run
 
-    return {"Gram products + loss": grams, "+ gradients": gradients,
-            "+ Adam (= the kernel's step)": full_step,
-            "all fused/preallocated": make_fused(make_adam()),
-            "same, error_model='numpy'": make_fused(make_adam(error_model="numpy"))}
+    return {"Gram products + loss": make(0), "+ gradients": make(1),
+            "+ Adam (= the kernel's step)": make(2)}
 
 
 def profile(sizes, repeats) -> list[dict]:
-    """Time per step of each variant and of the real kernel (``simulate``)."""
+    """Time per step of each stage and of the real kernel (``simulate``)."""
     import signaldrift as sd
     from signaldrift._init import init_adapter
     from signaldrift._scaling import scale_factor
@@ -243,37 +157,33 @@ def profile(sizes, repeats) -> list[dict]:
         task = make_task(cfg)
         A0, B0 = init_adapter(cfg, task)
         s = scale_factor(cfg)
-        Sg = np.diag(task.sigma_star)
         VtS = np.ascontiguousarray((task.V * task.lam[:, None]).T)
         c_loss = task.initial_loss() * 2.0
         row = {"d": d}
         for name, fn in kernels.items():
             def go():
                 A, B = A0.copy(), B0.copy()
-                args = (T, A, B, task.lam, task.U, VtS, Sg, c_loss, s)
-                if name not in ("Gram products + loss", "+ gradients"):
-                    args += (1e-3, np.zeros_like(A), np.zeros_like(A), np.zeros_like(B),
-                             np.zeros_like(B))
-                return fn(*args)
+                return fn(T, A, B, task.lam, task.U, VtS, task.sigma_star, c_loss, s, 1e-3,
+                          np.zeros_like(A), np.zeros_like(A), np.zeros_like(B),
+                          np.zeros_like(B))
 
             go()
             row[name] = best(go, repeats) / T * 1e6
-        # check: the fused variant takes the same steps as the kernel's step
-        ref = kernels["+ Adam (= the kernel's step)"]
-        outs = []
-        for fn in (ref, kernels["all fused/preallocated"],
-                   kernels["same, error_model='numpy'"]):
-            A, B = A0.copy(), B0.copy()
-            outs.append(fn(200, A, B, task.lam, task.U, VtS, Sg, c_loss, s, 1e-3,
-                           np.zeros_like(A), np.zeros_like(A), np.zeros_like(B),
-                           np.zeros_like(B)))
-        row["fused_check_rel_dev"] = max(abs(o - outs[0]) for o in outs[1:]) / abs(outs[0])
+        # check: the staged step is the kernel's step (its final loss, 200 steps)
+        A, B = A0.copy(), B0.copy()
+        kernels["+ Adam (= the kernel's step)"](
+            200, A, B, task.lam, task.U, VtS, task.sigma_star, c_loss, s, 1e-3,
+            np.zeros_like(A), np.zeros_like(A), np.zeros_like(B), np.zeros_like(B))
+        final = sd.simulate(config(d, 200)).final_loss
+        mine = float(sd._kernels.lora_loss(s, A, B, task.lam, task.U, task.sigma_star,
+                                           task.V))
+        row["staged_check_rel_dev"] = abs(mine - final) / abs(final)
         row["kernel (simulate)"] = best(lambda: sd.simulate(cfg), repeats) / T * 1e6
         rows.append(row)
-        cols = [k for k in row if k not in ("d", "fused_check_rel_dev")]
+        cols = [k for k in row if k not in ("d", "staged_check_rel_dev")]
         print(f"  d = m = {d:5d}: " + " | ".join(f"{k} {row[k]:8.1f}" for k in cols)
-              + f"  (µs/step; fused loss sum agrees to {row['fused_check_rel_dev']:.0e})",
-              flush=True)
+              + f"  (µs/step; the staged step's final loss agrees with simulate's to "
+              f"{row['staged_check_rel_dev']:.0e})", flush=True)
     return rows
 
 

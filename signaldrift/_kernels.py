@@ -5,6 +5,15 @@ the generated factorised expressions in :mod:`signaldrift._generated.factorised`
 on r×r, k×r Gram matrices and thin products. A population step costs
 O((m + d)·r·(r + k)); a minibatch step O(n·(m + d)·(r + k)).
 
+The hot loop evaluates the generated gradient and loss expressions in a fused form: four
+GEMMs a step on the stacked thin factors ``H = [AΣ; VᵀΣ]`` and ``F = [B, U]``
+(``H·Aᵀ``, ``Fᵀ·B``, ``F·C_B``, ``C_A·H``, with the small coefficient blocks ``C_A``, ``C_B``
+built from the Gram products), written into buffers allocated once per call, and one
+fused in-place optimiser pass per factor, compiled with ``error_model="numpy"`` so LLVM
+vectorises Adam's division and square root. ``tests/test_kernels.py`` checks each fused
+form against the generated one (which ``test_generated.py`` checks against the dense
+forms and its SymPy source).
+
 Both kernels advance a *segment* of steps [t0, t1) in place, so the Python driver can pause
 between segments (fresh minibatch chunks, sharpness measurements) without changing the
 arithmetic: the optimiser state lives in arrays the driver owns.
