@@ -92,9 +92,6 @@ _HELP = {
 }
 
 # Subcommand modules that register themselves (docs/CONTRACTS.md); missing ones are skipped.
-_SUBCOMMAND_MODULES = ("_derive", "_sweep_cli", "_figures_cli", "crosscheck")
-
-
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line and exit 2."""
 
@@ -275,20 +272,33 @@ def _simulate_handler(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full ``signaldrift`` parser with every available subcommand."""
+#: Subcommand name → module (besides ``simulate``), for :func:`build_parser`.
+_SUBCOMMAND_NAMES = {"derive": "_derive", "sweep": "_sweep_cli", "figures": "_figures_cli",
+                     "crosscheck": "crosscheck"}
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The ``signaldrift`` parser with every available subcommand; given the command line
+    ``argv`` whose subcommand is known, only that one (importing a subcommand's module,
+    e.g. xarray for ``sweep``, is most of a short command's start-up)."""
     parser = _Parser(prog="signaldrift", description=(
         "Simulate LoRA training dynamics in the Signal-Drift framework "
         "(scaling factor α, rank r, learning rate η)."))
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    sim = sub.add_parser("simulate", help="run one simulation and print a summary",
-                         description="Run one simulation (THEORY.md §1–§3).")
-    add_config_arguments(sim)
-    sim.add_argument("--config", metavar="FILE.toml", help="settings file (flags override)")
-    sim.add_argument("--out", metavar="PATH.npz", help="write the .npz archive here")
-    sim.add_argument("--json", action="store_true", help="print the summary as JSON")
-    sim.set_defaults(func=_simulate_handler)
-    for name in _SUBCOMMAND_MODULES:
+    chosen = next((a for a in argv if not a.startswith("-")), None) if argv else None
+    only = chosen if chosen in _SUBCOMMAND_NAMES or chosen == "simulate" else None
+    if only in (None, "simulate"):
+        sim = sub.add_parser("simulate", help="run one simulation and print a summary",
+                             description="Run one simulation (THEORY.md §1–§3).")
+        add_config_arguments(sim)
+        sim.add_argument("--config", metavar="FILE.toml",
+                         help="settings file (flags override)")
+        sim.add_argument("--out", metavar="PATH.npz", help="write the .npz archive here")
+        sim.add_argument("--json", action="store_true", help="print the summary as JSON")
+        sim.set_defaults(func=_simulate_handler)
+    for command, name in _SUBCOMMAND_NAMES.items():
+        if only is not None and only != command:
+            continue
         try:
             module = importlib.import_module(f"signaldrift.{name}")
         except ModuleNotFoundError as exc:
@@ -306,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     work stops (a sweep kills its workers and keeps its cache), one line, exit 130 or 143.
     A file that cannot be written after all (disk full): one line, exit 1.
     """
-    parser = build_parser()
+    parser = build_parser(sys.argv[1:] if argv is None else list(argv))
     args = parser.parse_args(argv)
     try:
         with raise_on_signals():
