@@ -39,19 +39,8 @@ for the eigenbasis or for SGD, which is rotation-equivariant).
 
 from __future__ import annotations
 
-import os
-
-import numba
 import numpy as np
 from numba import njit
-
-# The block kernels run ``prange`` loops, and sweeps fork worker processes after a kernel
-# ran in the parent: GNU OpenMP is not fork-safe, so pick a fork-safe threading layer (TBB
-# if installed, else Numba's workqueue) unless the user chose one.
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "forksafe"
-
-from numba import prange
 
 from ._basis import BASIS_EIGEN, to_eigen, to_features
 from ._rng import epoch_indices
@@ -706,20 +695,22 @@ def full_run(t0, t1, Delta, buf, sq, Dstar, lam, lrs, n, key_x, key_e, noise, Xt
     return STATUS_OK, t1
 
 
-@njit(cache=True, parallel=True)
-def lora_block(t0, t1, A, B, bufA, bufB, sqA, sqB, s, lam, U, V, sig, Sg, VtS, c_loss,
-               lrs, lr_ratio, n, key_x, key_e, noise, Xtr, XVtr, Ntr, key_ep,
+@njit(cache=True, nogil=True)
+def lora_block(which, t0, t1, A, B, bufA, bufB, sqA, sqB, s, lam, U, V, sig, Sg, VtS,
+               c_loss, lrs, lr_ratio, n, key_x, key_e, noise, Xtr, XVtr, Ntr, key_ep,
                opt, momentum, nesterov, beta1, beta2, eps, eps_b, wd, code, pairs, cs, Q,
                record_every, bound, loss, train_loss, rec, status, stop):
-    """:func:`lora_run` for a block of C configurations that share shapes, optimiser,
-    basis kind and record layout, in parallel over the configurations (``prange``; Numba's
-    thread count is the caller's) and over nothing else. Every argument of
+    """:func:`lora_run` for the configurations ``which`` of a block of C configurations
+    that share shapes, optimiser, basis kind and record layout. Every argument of
     :func:`lora_run` that may differ between configurations carries a leading axis C;
     ``status`` (C,) and ``stop`` (C,) receive each configuration's return value, and a
-    configuration whose status is already ``STATUS_DIVERGED`` is skipped. Each
-    configuration's arithmetic is that of running it alone, so results do not depend on
-    the block or the number of threads."""
-    for c in prange(A.shape[0]):
+    configuration whose status is already ``STATUS_DIVERGED`` is skipped.
+
+    It releases the GIL (``nogil``), so the driver runs disjoint ``which`` in parallel
+    threads (:func:`signaldrift.simulate_block`); each configuration's arithmetic is that
+    of running it alone, so results do not depend on the block or the number of threads.
+    (A ``prange`` loop did the same but doubled the cold compile time.)"""
+    for c in which:
         if status[c] != STATUS_OK:
             continue
         st, t = lora_run(t0, t1, A[c], B[c], bufA[c], bufB[c], sqA[c], sqB[c], s[c], lam[c],
@@ -732,12 +723,13 @@ def lora_block(t0, t1, A, B, bufA, bufB, sqA, sqB, s, lam, U, V, sig, Sg, VtS, c
         stop[c] = t
 
 
-@njit(cache=True, parallel=True)
-def full_block(t0, t1, Delta, buf, sq, Dstar, lam, lrs, n, key_x, key_e, noise, Xtr, Ntr,
-               key_ep, opt, momentum, nesterov, beta1, beta2, eps, wd, code, pairs, cs, Q,
-               record_every, bound, loss, train_loss, rec, status, stop):
-    """:func:`full_run` for a block of configurations (as :func:`lora_block`)."""
-    for c in prange(Delta.shape[0]):
+@njit(cache=True, nogil=True)
+def full_block(which, t0, t1, Delta, buf, sq, Dstar, lam, lrs, n, key_x, key_e, noise, Xtr,
+               Ntr, key_ep, opt, momentum, nesterov, beta1, beta2, eps, wd, code, pairs, cs,
+               Q, record_every, bound, loss, train_loss, rec, status, stop):
+    """:func:`full_run` for the configurations ``which`` of a block (as
+    :func:`lora_block`)."""
+    for c in which:
         if status[c] != STATUS_OK:
             continue
         st, t = full_run(t0, t1, Delta[c], buf[c], sq[c], Dstar[c], lam[c], lrs[c], n,

@@ -2,17 +2,17 @@
 
 One kernel design serves single runs and sweeps: :func:`simulate_block` advances a block
 of configurations that share shapes, optimiser, basis kind and record layout
-(:func:`block_key`) in one call of the parallel kernels of :mod:`signaldrift._kernels`
-(``lora_block``/``full_block``: ``prange`` over the configurations), and :func:`simulate`
-is a block of one. Per-configuration settings (scale, learning-rate schedule, optimiser
-constants, seeds, tasks) are arrays. Minibatches and epochs are drawn inside the kernel
-from counter-based streams (:mod:`signaldrift._rng`), so there is no Python work per step;
-the driver pauses only at the steps where the Hessian's sharpness is measured or a
+(:func:`block_key`) in one call of the block kernels of :mod:`signaldrift._kernels`
+(``lora_block``/``full_block``, which release the GIL, so the configurations of a block
+run in parallel threads), and :func:`simulate` is a block of one. Per-configuration
+settings (scale, learning-rate schedule, optimiser constants, seeds, tasks) are arrays.
+Minibatches and epochs are drawn inside the kernel from counter-based streams
+(:mod:`signaldrift._rng`), so there is no Python work per step; the driver pauses only at the steps where the Hessian's sharpness is measured or a
 snapshot is stored.
 
 BLAS runs single-threaded in the process from the first simulation on: the kernels multiply
 r×r, k×r and thin matrices, where BLAS threads cost more than they give; parallelism comes
-from the configurations of a block (Numba threads) or from separate processes.
+from the configurations of a block (threads) or from separate processes.
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ def simulate_block(configs: Sequence[SimConfig], *, tasks=None, A0s=None, B0s=No
             kind, basis kind, data mode, record layout); the rest may differ.
         tasks, A0s, B0s: optional per-configuration tasks and factors (lists of the same
             length, entries ``None`` for the defaults), as in :func:`simulate`.
-        threads: Numba threads over the configurations (results never depend on it).
+        threads: threads over the configurations (results never depend on it).
 
     Returns:
         One :class:`SimulationResult` per configuration, in order, each bit-identical to
@@ -284,38 +284,31 @@ def simulate_block(configs: Sequence[SimConfig], *, tasks=None, A0s=None, B0s=No
                 snaps[c]["A"][j[0]] = p["task"].basis.to_features(state[0][c])
                 snaps[c]["B"][j[0]] = state[1][c]
 
-    import numba
-
-    saved_threads = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
-    try:
-        for a, b in _segments(c0):
-            snapshot(a)
-            measure = a in c0.sharpness_steps
-            before = tuple(x.copy() for x in state) if measure else None
-            if full:
-                full_block(a, b, state[0], bufs[0], sqs[0], Dstar, lam, lrs, int(c0.batch),
-                           key_x, key_e, noise, Xtr, Ntr, key_ep, opt, momentum,
-                           bool(c0.nesterov), beta1, beta2, eps, wd, *tail)
-            else:
-                full_eps_b = np.array([c.effective_eps_b for c in configs])
-                lora_block(a, b, state[0], state[1], bufs[0], bufs[1], sqs[0], sqs[1], s_arr,
-                           lam, U, V, sig, Sg, VtS, c_loss, lrs, col("loraplus_lr_ratio"),
-                           int(c0.batch), key_x, key_e, noise, Xtr, XVtr, Ntr, key_ep, opt,
-                           momentum, bool(c0.nesterov), beta1, beta2, eps, full_eps_b, wd,
-                           *tail)
-            if measure:
-                j = int(np.flatnonzero(sharp_steps == a)[0])
-                for c, p in enumerate(prep):
-                    if status[c] == STATUS_OK:
-                        lm, plm = _measure_sharpness(
-                            p["config"], p["task"], p["s"], tuple(x[c] for x in before),
-                            tuple(x[c] for x in sqs), a)
-                        sharp[c]["lambda_max"][j], sharp[c]["precond_lambda_max"][j] = lm, plm
-            if np.all(status != STATUS_OK):
-                break
-    finally:
-        numba.set_num_threads(saved_threads)
+    for a, b in _segments(c0):
+        snapshot(a)
+        measure = a in c0.sharpness_steps
+        before = tuple(x.copy() for x in state) if measure else None
+        if full:
+            args = (a, b, state[0], bufs[0], sqs[0], Dstar, lam, lrs, int(c0.batch), key_x,
+                    key_e, noise, Xtr, Ntr, key_ep, opt, momentum, bool(c0.nesterov), beta1,
+                    beta2, eps, wd, *tail)
+        else:
+            full_eps_b = np.array([c.effective_eps_b for c in configs])
+            args = (a, b, state[0], state[1], bufs[0], bufs[1], sqs[0], sqs[1], s_arr, lam, U,
+                    V, sig, Sg, VtS, c_loss, lrs, col("loraplus_lr_ratio"), int(c0.batch),
+                    key_x, key_e, noise, Xtr, XVtr, Ntr, key_ep, opt, momentum,
+                    bool(c0.nesterov), beta1, beta2, eps, full_eps_b, wd, *tail)
+        _advance(full_block if full else lora_block, args, C, threads)
+        if measure:
+            j = int(np.flatnonzero(sharp_steps == a)[0])
+            for c, p in enumerate(prep):
+                if status[c] == STATUS_OK:
+                    lm, plm = _measure_sharpness(
+                        p["config"], p["task"], p["s"], tuple(x[c] for x in before),
+                        tuple(x[c] for x in sqs), a)
+                    sharp[c]["lambda_max"][j], sharp[c]["precond_lambda_max"][j] = lm, plm
+        if np.all(status != STATUS_OK):
+            break
 
     results = []
     for c, p in enumerate(prep):
@@ -371,6 +364,22 @@ def simulate_block(configs: Sequence[SimConfig], *, tasks=None, A0s=None, B0s=No
             snapshots=snaps[c] if snap_steps.size else {}, train=train_arrays,
             noise_floor=0.5 * cfg.m * float(task.noise) ** 2))
     return results
+
+
+def _advance(kernel, args: tuple, C: int, threads: int) -> None:
+    """One segment of the block kernel for all C configurations: in this thread, or
+    spread over ``threads`` threads, one configuration at a time (the kernels release the
+    GIL; each configuration's arithmetic is the same either way)."""
+    threads = max(1, min(int(threads), C))
+    if threads == 1:
+        kernel(np.arange(C, dtype=np.int64), *args)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for done in pool.map(lambda c: kernel(np.array([c], dtype=np.int64), *args),
+                             range(C)):
+            pass
 
 
 def _measure_sharpness(config: SimConfig, task: Task, s: float, before, sqs, t: int):
