@@ -235,22 +235,27 @@ def _sincos(a):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _pair(key, counter):
-    """The Box–Muller pair at even position ``counter`` of stream ``key``.
+def _box_muller(u1, u2):
+    """The Box–Muller transform of two uniforms in (0, 1], a = fl(2π·u₂) (as in version 2):
 
-    With u₁, u₂ the uniforms at counters c and c + 1 (u = (k + 1)·2⁻⁵³, k the top 53 bits
-    of SplitMix64) and a = fl(2π·u₂) (rounded as in version 2):
-
-        (z_c, z_c+1) = (√(−2 ln u₁)·cos a, √(−2 ln u₁)·sin a).
+        (z₀, z₁) = (√(−2 ln u₁)·cos a, √(−2 ln u₁)·sin a).
 
     Returns:
-        (z_c, z_c+1) (float64, float64).
+        (z₀, z₁) (float64, float64).
     """
-    u1 = (float(_mix(key, counter) >> uint64(11)) + 1.0) * _INV_2_53
-    u2 = (float(_mix(key, counter + 1) >> uint64(11)) + 1.0) * _INV_2_53
     rad = _sqrt(-2.0 * _log(u1))
     sin_a, cos_a = _sincos(_TWO_PI * u2)
     return rad * cos_a, rad * sin_a
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _pair(key, counter):
+    """The Box–Muller pair (:func:`_box_muller`) at even position ``counter`` of stream
+    ``key``: the uniforms u = (k + 1)·2⁻⁵³ at counters c and c + 1 (k the top 53 bits of
+    SplitMix64)."""
+    u1 = (float(_mix(key, counter) >> uint64(11)) + 1.0) * _INV_2_53
+    u2 = (float(_mix(key, counter + 1) >> uint64(11)) + 1.0) * _INV_2_53
+    return _box_muller(u1, u2)
 
 
 @njit(cache=True, error_model="numpy")
