@@ -298,7 +298,16 @@ def normals(key, start, out):
 @njit(cache=True)
 def minibatch(key_x, key_e, t, sqrt_lam, noise, X, N):
     """Step t's fresh minibatch in place: ``X = Z Λ^½`` (n×d, Σ's eigen-coordinates) and
-    ``N = σ·Ξ`` (n×m), Z and Ξ standard normals at positions ``t·n·d…`` and ``t·n·m…``."""
+    ``N = σ·Ξ`` (n×m), Z and Ξ standard normals at positions ``t·n·d…`` and ``t·n·m…``
+    (:func:`normals`, C order).
+
+    Args:
+        key_x, key_e: the keys of the ``"inputs"`` and ``"noise"`` streams.
+        t: the step.
+        sqrt_lam: (d,) √λ, Λ the eigenvalues of Σ.
+        noise: σ ≥ 0 (σ = 0: N = 0, nothing drawn).
+        X, N: C-contiguous (n, d) and (n, m) float64 arrays, filled in place.
+    """
     n, d = X.shape
     m = N.shape[1]
     normals(key_x, t * n * d, X)
