@@ -238,19 +238,19 @@ def main() -> None:
                                               parts.items()}
         row["scale_us_per_matrix"] = scale * 1e6
         out["rows"].append(row)
-        print(f"n = {n}, d = m = {d}: minibatch ({2 * n * d} normals) old {t_old * 1e6:7.1f} µs,"
-              f" new {t_new * 1e6:6.1f} µs, speed-up {t_old / t_new:4.1f}x; max relative "
-              f"deviation per draw {worst:.2g}")
+        print(f"n = {n}, d = m = {d}: minibatch ({2 * n * d} normals) "
+              f"old {t_old * 1e6:7.1f} µs, new {t_new * 1e6:6.1f} µs, "
+              f"speed-up {t_old / t_new:4.1f}x; max relative deviation per draw {worst:.2g}")
         for k, (a, b) in parts.items():
-            print(f"    per matrix ({n}×{d}) {k:9s} old {a * 1e6:7.2f} µs  new {b * 1e6:6.2f} µs"
-                  f"  ({a / b:4.1f}x)")
+            print(f"    per matrix ({n}×{d}) {k:9s} old {a * 1e6:7.2f} µs  "
+                  f"new {b * 1e6:6.2f} µs  ({a / b:4.1f}x)")
         print(f"    per matrix ({n}×{d}) Λ^½ scaling      {scale * 1e6:6.2f} µs")
     if args.step:
         out["step"] = step_time(args.rounds)
         s = out["step"]
         print(f"minibatch run (n = 32, d = m = 128, rank 8, Adam, record_every = 50): "
-              f"{s['step_us']:.1f} µs per "
-              f"step, of which sampling {s['sample_us']:.1f} µs ({100 * s['sample_share']:.0f} %)")
+              f"{s['step_us']:.1f} µs per step, of which sampling {s['sample_us']:.1f} µs "
+              f"({100 * s['sample_share']:.0f} %)")
     out["load_average_after"] = os.getloadavg()
     print(f"load average (1, 5, 15 min): {out['load_average_after']}")
     if args.json:

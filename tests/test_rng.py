@@ -4,7 +4,10 @@ function of key and position) and the distribution of the draws."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
 import numba
 import numpy as np
@@ -235,3 +238,32 @@ def test_draws_pass_kolmogorov_smirnov_and_tail_counts(draws):
     p = 2 * stats.norm.sf(4.0)
     count = np.count_nonzero(np.abs(draws) > 4.0)
     assert abs(count - draws.size * p) < 5 * np.sqrt(draws.size * p * (1 - p))
+
+
+_DRAW_SCRIPT = """
+import sys
+import numpy as np
+from signaldrift._rng import minibatch, normals, stream_key
+z = np.empty(100_003)
+normals(stream_key(1, "inputs"), 77, z)
+X, N = np.empty((32, 128)), np.empty((32, 128))
+minibatch(stream_key(1, "inputs"), stream_key(1, "noise"), 9, np.linspace(0.1, 1.0, 128), 0.5,
+          X, N)
+np.save(sys.argv[1], np.concatenate([z, X.ravel(), N.ravel()]))
+"""
+
+
+@pytest.mark.parametrize("cpu", ["generic", "haswell"])
+def test_same_bits_for_another_instruction_set(tmp_path, cpu):
+    # The bits must not depend on the machine: compiled for plain x86-64 (SSE2: 2-wide
+    # vectors, no FMA) or for Haswell (AVX2 with FMA available: 4-wide), in a fresh process
+    # and Numba cache, the draws equal this process's (native, e.g. AVX-512) ones exactly.
+    env = dict(os.environ, NUMBA_CPU_NAME=cpu, NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    out = tmp_path / "draws.npy"
+    subprocess.run([sys.executable, "-c", _DRAW_SCRIPT, str(out)], env=env, check=True)
+    z = np.empty(100_003)
+    normals(stream_key(1, "inputs"), 77, z)
+    X, N = np.empty((32, 128)), np.empty((32, 128))
+    minibatch(stream_key(1, "inputs"), stream_key(1, "noise"), 9, np.linspace(0.1, 1.0, 128),
+              0.5, X, N)
+    np.testing.assert_array_equal(np.load(out), np.concatenate([z, X.ravel(), N.ravel()]))
