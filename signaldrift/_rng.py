@@ -17,10 +17,11 @@ reference and the PyTorch cross-check.
 ln, sin and cos are not libm's: they are branch-free IEEE 754 polynomials (fdlibm's
 kernels, :func:`_log` and :func:`_sincos`) built from +, −, ×, ÷, √ and bit operations,
 without fastmath or FMA contraction, so LLVM inlines and vectorises the sampling loop
-(≈ 5× faster than the libm calls, ``benchmarks/bench_rng.py``) and the bits are the same on
-every x86-64 machine, whatever its libm, vector width or the position of a sample in the
-loop (vectorised body or scalar remainder). Each is within 1 ulp of glibc's (so a sample
-is within ~1e−15 relative of the libm Box–Muller; ``tests/test_rng.py``).
+(``minibatch`` ≈ 4.5× faster than with libm calls, ``benchmarks/bench_rng.py``) and the
+bits are the same on every x86-64 machine, whatever its libm, vector width or the position
+of a sample in the loop (vectorised body or scalar remainder). Each is within 1 ulp of
+glibc's (so a sample is within ~1e−15 relative of the libm Box–Muller; ``tests/
+test_rng.py``, which also compiles the sampler for SSE2 and AVX2 and compares the bits).
 
 Streams (``stream_key(seed, name)``): ``"inputs"`` and ``"noise"`` (fresh minibatches),
 ``"epochs"`` (permutations of a fixed training set). Version ``SAMPLE_STREAM_VERSION`` is
@@ -29,6 +30,7 @@ log/sin/cos in the Box–Muller transform; 3 (now) the same transform and unifor
 polynomial ln/sin/cos above, which changes the last bit of about one sample in six (the
 epoch streams use no transcendental functions and are unchanged).
 """
+
 from __future__ import annotations
 
 import zlib

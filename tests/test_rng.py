@@ -83,9 +83,9 @@ def _grid_uniforms() -> np.ndarray:
 
 # --------------------------------------------------------------------------- accuracy
 def test_log_within_two_ulp_of_libm():
-    # fdlibm's log is < 1 ulp from the exact value and glibc's < 1 ulp (it is correctly
-    # rounded in practice), so the two differ by < 2 ulp. Measured: max 1 ulp (≈ 1 value in
-    # 10⁴ differs in the last bit) over these 2.06·10⁶ values.
+    # fdlibm's log is < 1 ulp from the exact value and NumPy's < 1 ulp, so the two differ by
+    # < 2 ulp. Measured: max 1 ulp over these 2.06·10⁶ values (1 % differ in the last bit;
+    # 7 % of uniformly drawn u, also max 1 ulp against glibc's log).
     u = _grid_uniforms()
     got = np.empty_like(u)
     _log_many(u, got)
@@ -100,8 +100,9 @@ def test_sincos_within_two_ulp_of_libm():
     # Angles a = fl(2π·u) of the grid's uniforms (0 < a ≤ 2π, the extremes fl(2π·2⁻⁵³) and
     # fl(2π)) and ±2000 ulp around the multiples of π/4 (the quadrant boundaries and the
     # zeros, where the reduction must keep relative accuracy). Bound: both < 1 ulp from the
-    # exact value (fdlibm kernels after an exact reduction; glibc), so < 2 ulp apart.
-    # Measured: max 1 ulp for both sin and cos.
+    # exact value (fdlibm kernels after an exact reduction; NumPy's sin and cos, which are
+    # glibc's here), so < 2 ulp apart. Measured: max 1 ulp for both sin and cos (1 % of these
+    # values differ in the last bit; 14 % and 17 % of a = 2πu for uniformly drawn u).
     a = (2.0 * np.pi) * _grid_uniforms()
     marks = np.arange(1, 9) * (np.pi / 4)
     steps = np.arange(-2000, 2001)
