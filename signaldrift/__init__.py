@@ -13,9 +13,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ._config import ConfigError, SimConfig
-from ._result import SimulationResult
-from ._task import Task, make_task
+from ._jit_cache import purge_stale as _purge_stale_jit_cache
+
+_purge_stale_jit_cache()  # before any cached kernel is loaded (signaldrift/_jit_cache.py)
+
+from ._config import ConfigError, SimConfig  # noqa: E402
+from ._result import SimulationResult  # noqa: E402
+from ._task import Task, make_task  # noqa: E402
 
 __version__ = "0.2.0"
 
