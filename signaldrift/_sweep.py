@@ -597,7 +597,9 @@ def _thread_block_size(seconds: float, threads: int, remaining: int,
     on ``threads`` threads for runs of ``seconds`` each, a multiple of ``threads``, at most
     ``cap``."""
     per_thread = max(1, int(_BLOCK_SECONDS / max(seconds, 1e-9)))
-    n = max(1, min(cap, threads * per_thread))
+    n = threads * per_thread
+    if n > cap:
+        n = cap - cap % threads if cap >= threads else cap
     if remaining - n < threads and remaining <= cap:  # no straggler block below `threads`
         n = remaining
     return max(1, min(n, remaining))
