@@ -3,16 +3,24 @@
 Engine (:func:`run_configs`): configurations that share shapes, optimiser kind, basis
 kind, data mode and record layout (:func:`signaldrift._simulate.block_key`) run in blocks,
 one call of the batched kernels per block (:func:`signaldrift._simulate.simulate_block`,
-bit-identical to running each alone), serially or in a
+bit-identical to running each alone). How (:func:`_engine`): in this process, a thread
+runs the blocks on ``workers`` Numba threads (the kernels release the GIL; blocks sized to
+about ``_BLOCK_SECONDS`` from :func:`estimate_run_seconds`, corrected by the measured
+times) while the calling thread caches the results; or, with several workers, for runs
+estimated above ``_FORK_ABOVE_SECONDS`` each (and for the reduced engines), in a
 :class:`~signaldrift._pool.WorkerPool` (fork-context processes that never outlive this
-one, one block at a time each); results come back in input order and are identical
-whatever the number of workers and the block size. When ``signaldrift.simulate`` has been
+one, blocks of at most ``_MAX_BLOCK``, one at a time each), which an interruption can kill
+mid-run. Results come back in input order and are identical whatever the number of
+workers, threads and the block size. Configurations with the same task settings share one
+task (:func:`signaldrift._task.task_cache`). When ``signaldrift.simulate`` has been
 replaced (tests do this) every configuration goes through it one by one. Before anything runs, every configuration,
 the cache folder and the memory of the sweep (:mod:`signaldrift._memory`) are checked. With
 ``cache_dir`` every finished run is written at once (atomically: temporary file in the same
 folder, then ``os.replace``) as ``<sha256(CACHE_VERSION + config.to_json())>.npz``, so an
 interrupted sweep resumes where it stopped: SIGINT or SIGTERM kills the workers at once
-(their runs in progress are lost) and propagates as ``KeyboardInterrupt``. Diverged runs are
+(their runs in progress are lost), or leaves the in-process engine thread to finish its
+block (its results dropped; a later sweep waits for it), and propagates as
+``KeyboardInterrupt``. Diverged runs are
 kept (``diverged``), and a run that raises an unexpected exception is recorded as a
 :class:`FailedRun` (never cached, so it is retried next time) without losing the others.
 Progress: a tqdm bar on stderr (:mod:`signaldrift._progress`; one bar for several sweeps
@@ -758,9 +766,10 @@ def run_configs(configs: Sequence[SimConfig], *, workers: int = 1,
 
     **Arguments:**
     - `configs`: the configurations (duplicates run once and share the result).
-    - `workers`: number of processes; 1 runs in this process, >1 uses a fork-context
-      process pool (:class:`~signaldrift._pool.WorkerPool`: workers never outlive this
-      process). Results do not depend on it (each run is seeded by its config alone).
+    - `workers`: cores to use: Numba threads in this process, or for long runs (above
+      ``_FORK_ABOVE_SECONDS`` estimated) a fork-context process pool
+      (:class:`~signaldrift._pool.WorkerPool`: workers never outlive this process).
+      Results do not depend on it (each run is seeded by its config alone).
     - `cache_dir`: folder of cached results (created if needed); ``None``: no cache.
       A cached result is used only if its stored config equals the requested one.
     - `progress`: show a progress bar (tqdm) on stderr, and a line when Numba compiles.

@@ -120,14 +120,29 @@ def resolve_names(names: Sequence[str] | None) -> list[str]:
 
 def _warm_up() -> None:
     """Compile (or load) the Numba kernels once in this process before any worker forks,
-    so that forked workers inherit them instead of each compiling its own copy."""
+    so that forked workers inherit them instead of each compiling its own copy. From a
+    cold cache, the LoRA block kernel (the longest compile) is compiled here while a
+    forked child compiles full fine-tuning's and the reduced engine's kernels
+    (:func:`~signaldrift._compile.compile_in_parallel`)."""
+    from .._compile import compile_in_parallel
     from .._simulate import simulate
 
     tiny = SimConfig(d=8, m=8, task_rank=2, rank=2, steps=2, record_every=1)
-    for kw in ({"optimizer": "sgd", "sharpness_steps": (0,)},
-               {"optimizer": "adam", "sharpness_steps": (1,), "batch": 2},
-               {"model": "full", "optimizer": "sgd"}):
-        simulate(tiny.replace(**kw))
+
+    def lora() -> None:
+        for kw in ({"optimizer": "sgd", "sharpness_steps": (0,)},
+                   {"optimizer": "adam", "sharpness_steps": (1,), "batch": 2}):
+            simulate(tiny.replace(**kw))
+
+    def others() -> None:
+        simulate(tiny.replace(model="full", optimizer="sgd"))
+        # F9's engines: the reduced recursion (SGD, momentum, sampled overlaps) and the flow.
+        red = tiny.replace(spectrum=0.0, optimizer="sgd", lr=0.1, engine="reduced")
+        for kw in ({}, {"momentum": 0.9}, {"overlap_init": "sampled"},
+                   {"engine": "flow", "steps": 4}):
+            simulate(red.replace(**kw))
+
+    compile_in_parallel([lora, others])
 
 
 def run_figures(names: Sequence[str] | None, *, mode: str = "quick", out_dir="figures/out",
