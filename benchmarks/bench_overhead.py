@@ -17,8 +17,10 @@ bar. Timed, best of ``--repeats`` (compile excluded: one warm-up sweep first):
 Prints each time and the ratios; ``--json PATH`` writes them. The machine is shared: quote
 ratios from one run, not absolute times.
 
-Measured on the shared 2-core development machine (load average 1–3 from other developers'
-jobs), best of 5, before → after this change: see the commit message and the final report.
+Measured on the shared 2-core development machine (load average ~1.5 from other developers'
+jobs), 7 rounds: kernel 0.505 s; new workers=1 0.486 s, workers=2 0.283 s (1.72×); old
+serial 0.534 s, old 2 processes 0.324 s (1.65×, and 16% more CPU). At load ~3 the variants
+were within noise of each other. Details: docs/benchmarks.md.
 """
 
 from __future__ import annotations
