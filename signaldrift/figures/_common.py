@@ -225,7 +225,8 @@ def background_drawing(enabled: bool = True) -> Iterator[None]:
     raised as before; on an exception (e.g. Ctrl-C) the children are killed.
     """
     global _BACKGROUND
-    if not enabled or _BACKGROUND is not None or not hasattr(os, "fork"):
+    # Linux only: forking a process that has drawn with matplotlib is unsafe on macOS.
+    if not enabled or _BACKGROUND is not None or not sys.platform.startswith("linux"):
         yield
         return
     _BACKGROUND = []
