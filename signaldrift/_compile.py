@@ -10,11 +10,12 @@ code instead of each compiling its own copy.
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TextIO
 
-__all__ = ["kernels_cold", "announce_compile", "warm_up"]
+__all__ = ["kernels_cold", "announce_compile", "warm_up", "compile_in_parallel"]
 
 _KERNELS = {"lora": "lora_block", "full": "full_block"}
 _announced = False
@@ -70,3 +71,56 @@ def warm_up(models: Iterable[str] = ("lora", "full")) -> None:
         for batch in (0, 2):
             simulate(tiny.replace(model=model, batch=batch,
                                   optimizer="sgd" if model == "full" else "adam"))
+
+
+def compile_in_parallel(groups: Sequence[Callable[[], None]], *, cold: bool | None = None
+                        ) -> None:
+    """Run every callable of ``groups`` (each compiles some kernels, e.g. with tiny runs),
+    the first here and each other one first in a forked child, side by side.
+
+    Numba compiles one function at a time per process (a global lock), and a cold start
+    compiles dozens of specialisations; the children write what they compile to Numba's
+    on-disk cache (``cache=True``), so that the calls made here afterwards only load it.
+    A child that fails costs nothing: the call here compiles what it did not. With a warm
+    cache (``cold`` False; default :func:`kernels_cold`), or where ``os.fork`` is missing,
+    the groups simply run here in turn.
+    """
+    groups = list(groups)
+    if cold is None:
+        cold = kernels_cold()
+    children = []
+    if cold and hasattr(os, "fork") and len(groups) > 1:
+        for fn in groups[1:]:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:  # the child: compile, write the cache, leave without cleanup
+                code = 1
+                try:
+                    import signal
+
+                    signal.signal(signal.SIGINT, signal.SIG_DFL)
+                    from ._pool import _set_parent_death_signal
+
+                    _set_parent_death_signal()
+                    fn()
+                    code = 0
+                except BaseException:  # noqa: BLE001 - the parent compiles it instead
+                    pass
+                finally:
+                    os._exit(code)
+            children.append(pid)
+    try:
+        groups[0]()
+        for pid in children:
+            os.waitpid(pid, 0)
+        children = []
+    finally:
+        for pid in children:  # interrupted: do not leave compiling children behind
+            try:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+            except OSError:
+                pass
+    for fn in groups[1:]:
+        fn()

@@ -3,16 +3,24 @@
 Engine (:func:`run_configs`): configurations that share shapes, optimiser kind, basis
 kind, data mode and record layout (:func:`signaldrift._simulate.block_key`) run in blocks,
 one call of the batched kernels per block (:func:`signaldrift._simulate.simulate_block`,
-bit-identical to running each alone), serially or in a
+bit-identical to running each alone). How (:func:`_engine`): in this process, a thread
+runs the blocks on ``workers`` Numba threads (the kernels release the GIL; blocks sized to
+about ``_BLOCK_SECONDS`` from :func:`estimate_run_seconds`, corrected by the measured
+times) while the calling thread caches the results; or, with several workers, for runs
+estimated above ``_FORK_ABOVE_SECONDS`` each (and for the reduced engines), in a
 :class:`~signaldrift._pool.WorkerPool` (fork-context processes that never outlive this
-one, one block at a time each); results come back in input order and are identical
-whatever the number of workers and the block size. When ``signaldrift.simulate`` has been
+one, blocks of at most ``_MAX_BLOCK``, one at a time each), which an interruption can kill
+mid-run. Results come back in input order and are identical whatever the number of
+workers, threads and the block size. Configurations with the same task settings share one
+task (:func:`signaldrift._task.task_cache`). When ``signaldrift.simulate`` has been
 replaced (tests do this) every configuration goes through it one by one. Before anything runs, every configuration,
 the cache folder and the memory of the sweep (:mod:`signaldrift._memory`) are checked. With
 ``cache_dir`` every finished run is written at once (atomically: temporary file in the same
 folder, then ``os.replace``) as ``<sha256(CACHE_VERSION + config.to_json())>.npz``, so an
 interrupted sweep resumes where it stopped: SIGINT or SIGTERM kills the workers at once
-(their runs in progress are lost) and propagates as ``KeyboardInterrupt``. Diverged runs are
+(their runs in progress are lost), or leaves the in-process engine thread to finish its
+block (its results dropped; a later sweep waits for it), and propagates as
+``KeyboardInterrupt``. Diverged runs are
 kept (``diverged``), and a run that raises an unexpected exception is recorded as a
 :class:`FailedRun` (never cached, so it is retried next time) without losing the others.
 Progress: a tqdm bar on stderr (:mod:`signaldrift._progress`; one bar for several sweeps
@@ -48,6 +56,9 @@ import dataclasses
 import hashlib
 import json
 import os
+import queue
+import threading
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -59,10 +70,11 @@ import xarray as xr
 
 from ._compile import announce_compile, kernels_cold, warm_up
 from ._config import ConfigError, SimConfig
-from ._memory import check_sweep_memory
+from ._memory import check_sweep_memory, estimate_sweep_bytes, memory_limit
 from ._paths import check_output_dir
 from ._pool import WorkerPool, raise_on_signals
 from ._progress import sweep_bar
+from ._task import task_cache
 
 __all__ = [
     "CACHE_VERSION",
@@ -295,8 +307,60 @@ def _read_cache(path: Path, config: SimConfig):
     return res
 
 
-#: Most configurations per block: a worker's block is lost when a sweep is interrupted.
+#: Most configurations per block in a worker process: a worker's block is lost when a sweep
+#: is interrupted.
 _MAX_BLOCK = 16
+
+# In-process engine (module docstring). A block's kernel call cannot be stopped midway, so an
+# in-process block aims at _BLOCK_SECONDS of wall time: an interruption returns at once, and
+# the engine thread stops after at most that long.
+_BLOCK_SECONDS = 0.15
+#: Most configurations per in-process block.
+_MAX_THREAD_BLOCK = 256
+#: With several workers, runs estimated to take longer than this (one core) go to worker
+#: processes instead: the fork is then cheap next to the runs, and a block of long runs in
+#: this process would run on for seconds after an interruption (threads cannot be killed;
+#: processes can). Below it, threads win: measured on 2 cores, F2's 1314 runs of about
+#: 30 ms took 2.5× longer in two forked workers than on two Numba threads.
+_FORK_ABOVE_SECONDS = 0.5
+# Cost model of the block kernels on one core (see estimate_run_seconds).
+_NS_PER_FLOP = 0.2
+_NS_PER_NORMAL = 20.0
+_NS_PER_ROTATION = 8.0
+_STEP_SECONDS = 3e-6
+_RECORD_SECONDS = 150e-6
+
+
+def estimate_run_seconds(config: SimConfig) -> float:
+    """Rough seconds one run of ``config`` takes in the block kernels on one core.
+
+    Per step: the Gram products, gradients and optimiser, ``2·r·(r+k)·(m+d) + 12·r·(m+d)``
+    flops (``4·m·d`` for full fine-tuning); a minibatch of n, ``n·(m+d)`` normal samples
+    and ``2·n·(r+k)·(m+d)`` flops (``2·n·m·d``); Adam's rotations of the random basis,
+    ``r·d·log₂d`` Givens pairs; a fixed cost. Per recorded step: six thin QRs and an SVD,
+    ``25·(m+d)·(r+k)²`` flops and a fixed cost. The constants were fitted on the 2-core
+    development machine (d = 48 … 1024, population and minibatch, records every step or
+    at t = 0; within a factor 2, mostly above). It only sizes blocks and chooses threads
+    or processes.
+    """
+    d, m, k, steps = config.d, config.m, config.task_rank, config.steps
+    n = config.batch if config.train_size == 0 else min(config.batch, config.train_size)
+    normals = n * (m + d) if config.train_size == 0 else 0
+    if config.model == "full":
+        flops = 4.0 * m * d + 2.0 * n * m * d
+        rotations = 0.0
+        rec_flops = 4.0 * m * d
+    else:
+        r = config.rank
+        flops = 2.0 * r * (r + k) * (m + d) + 12.0 * r * (m + d) + 2.0 * n * (r + k) * (m + d)
+        rotations = 0.0
+        if config.basis == "random" and config.optimizer != "sgd":
+            rotations = r * d * max(1.0, float(np.log2(max(d, 2))))
+        rec_flops = 25.0 * (m + d) * (r + k) ** 2
+    per_step = (_STEP_SECONDS + 1e-9 * (flops * _NS_PER_FLOP + normals * _NS_PER_NORMAL
+                                        + rotations * _NS_PER_ROTATION))
+    records = -(-steps // max(1, config.record_every))
+    return steps * per_step + records * (_RECORD_SECONDS + 1e-9 * rec_flops * _NS_PER_FLOP)
 
 
 def _blocks(configs: dict[str, SimConfig], pending: list[str], workers: int
@@ -314,23 +378,26 @@ def _blocks(configs: dict[str, SimConfig], pending: list[str], workers: int
             for i in range(0, len(keys), per_block)]
 
 
-def _run_block(configs: list[SimConfig], cache_dir: str | None) -> list:
-    """Run a block of configurations (one kernel call when the real simulator is in place)
-    and cache each result; a block that raises is rerun one configuration at a time, so a
-    failure becomes the :class:`FailedRun` of the configuration that caused it."""
+def _run_block(configs: list[SimConfig], cache_dir: str | None, threads: int = 1) -> list:
+    """Run a block of configurations (one kernel call, on ``threads`` Numba threads, when
+    the real simulator is in place) and cache each result; a block that raises is rerun
+    one configuration at a time, so a failure becomes the :class:`FailedRun` of the
+    configuration that caused it. Configurations with the same task settings share one
+    task (:func:`~signaldrift._task.task_cache`)."""
     import signaldrift
 
     from . import _simulate
 
     results = None
-    if (len(configs) > 1 and signaldrift.simulate is _simulate.simulate
-            and all(c.engine == "full" for c in configs)):
-        try:
-            results = _simulate.simulate_block(configs)
-        except Exception:  # noqa: BLE001 - isolate the failing configuration below
-            results = None
-    if results is None:
-        return [_run_one(c, cache_dir) for c in configs]
+    with task_cache():
+        if (len(configs) > 1 and signaldrift.simulate is _simulate.simulate
+                and all(c.engine == "full" for c in configs)):
+            try:
+                results = _simulate.simulate_block(configs, threads=threads)
+            except Exception:  # noqa: BLE001 - isolate the failing configuration below
+                results = None
+        if results is None:
+            return [_run_one(c, cache_dir) for c in configs]
     if cache_dir is not None:
         for c, res in zip(configs, results):
             _write_cache(res, _cache_path(Path(cache_dir), config_key(c)))
@@ -392,6 +459,70 @@ def _check_client(client, workers: int):
     return client
 
 
+#: "threads", "processes" or "serial" to override :func:`_engine` (benchmarks, tests).
+_FORCE_ENGINE: str | None = None
+
+
+def _fast_path(configs: Sequence[SimConfig]) -> bool:
+    """Whether ``configs`` run through the block kernels: the real ``signaldrift.simulate``
+    is in place (tests replace it) and every engine is ``"full"``."""
+    import signaldrift
+
+    from . import _simulate
+
+    return (signaldrift.simulate is _simulate.simulate
+            and all(c.engine == "full" for c in configs))
+
+
+def _engine(configs: Sequence[SimConfig], workers: int, client=None) -> str:
+    """How a sweep of ``configs`` runs: ``"dask"`` (a client), ``"processes"`` (worker
+    processes: several workers and runs that the block kernels do not take, or that are
+    estimated above ``_FORK_ABOVE_SECONDS`` each), ``"threads"`` (the block kernels in
+    this process, on ``workers`` Numba threads) or ``"serial"`` (one by one here)."""
+    if client is not None:
+        return "dask"
+    fast = _fast_path(configs)
+    if _FORCE_ENGINE is not None and (fast or _FORCE_ENGINE != "threads"):
+        return _FORCE_ENGINE
+    if workers > 1 and len(configs) > 1 and (
+            not fast or max(estimate_run_seconds(c) for c in configs) > _FORK_ABOVE_SECONDS):
+        return "processes"
+    return "threads" if fast else "serial"
+
+
+def _thread_block_cap(configs: Sequence[SimConfig]) -> int:
+    """Most configurations of an in-process block: ``_MAX_THREAD_BLOCK``, halved (down to
+    ``_MAX_BLOCK``) while the sweep's memory estimate with blocks that large is above the
+    limit (:mod:`signaldrift._memory`)."""
+    cap = max(1, min(_MAX_THREAD_BLOCK, len(configs)))
+    if cap <= _MAX_BLOCK:
+        return cap
+    limit = memory_limit()
+    while cap > _MAX_BLOCK and estimate_sweep_bytes(configs, 1, per_worker=cap) > limit:
+        cap //= 2
+    return max(cap, min(_MAX_BLOCK, len(configs)))
+
+
+def _per_worker(engine: str, configs: Sequence[SimConfig], workers: int) -> tuple[int, int]:
+    """``(parallel holders, configurations each holds at once)`` of a sweep run by
+    ``engine``, for the memory check."""
+    n = max(1, len(configs))
+    if engine == "threads":
+        return 1, _thread_block_cap(configs)
+    return min(workers, n), min(_MAX_BLOCK, n)
+
+
+def check_memory_of_sweep(configs: Sequence[SimConfig], workers: int, client=None) -> None:
+    """:func:`~signaldrift._memory.check_sweep_memory` for the way :func:`run_configs`
+    runs ``configs`` with ``workers`` (the engine and its block sizes)."""
+    configs = list(configs)
+    n_workers = workers
+    if client is not None:
+        n_workers = max(1, len(client.scheduler_info().get("workers", {})) or 1)
+    holders, per = _per_worker(_engine(configs, workers, client), configs, n_workers)
+    check_sweep_memory(configs, holders, per_worker=per)
+
+
 def _run_configs(configs, *, workers=1, cache_dir=None, progress=True, client=None):
     """:func:`run_configs` that also returns the counts (:class:`_Stats`)."""
     configs = list(configs)
@@ -407,17 +538,13 @@ def _run_configs(configs, *, workers=1, cache_dir=None, progress=True, client=No
     # Everything is checked before anything runs or is written: the cache folder, and the
     # memory the runs side by side and the results kept need (SIGNALDRIFT_MAX_MEMORY).
     cdir = _check_cache_dir(cache_dir)
-    # Each worker (or Dask worker) holds one block of up to _MAX_BLOCK runs at once.
-    n_workers = workers
-    if client is not None:
-        n_workers = max(1, len(client.scheduler_info().get("workers", {})) or 1)
-    check_sweep_memory(list(unique.values()), min(n_workers, max(1, len(unique))),
-                       per_worker=min(_MAX_BLOCK, max(1, len(unique))))
+    check_memory_of_sweep(list(unique.values()), workers, client)
     stats = _Stats(total=len(configs), unique=len(unique))
     done = _from_cache(cdir, unique, stats)
     pending = [k for k in unique if k not in done]
     if pending and progress:
         announce_compile({unique[k].model for k in pending})
+    engine = _engine([unique[k] for k in pending], workers, client)
     try:
         with raise_on_signals(), sweep_bar(len(unique), enabled=progress) as bar:
             bar.advance(cached=len(done), diverged=stats.diverged)
@@ -431,24 +558,121 @@ def _run_configs(configs, *, workers=1, cache_dir=None, progress=True, client=No
                 stats.diverged += div
                 bar.advance(ran=1, diverged=div, failed=failed)
 
-            n_parts = workers
-            if client is not None:
-                n_parts = max(1, len(client.scheduler_info().get("workers", {})) or 1)
-            blocks = _blocks(unique, pending, n_parts)
-            if client is not None:
-                _run_dask(client, unique, blocks, cdir, finish)
-            elif workers > 1 and len(blocks) > 1:
-                _run_parallel(unique, blocks, workers, cdir, finish)
+            if engine == "threads":
+                cap = _thread_block_cap(list(unique.values()))
+                _run_threads(unique, pending, workers, cdir, finish, cap)
             else:
-                for block in blocks:
-                    results = _run_block([unique[k] for k in block],
-                                         None if cdir is None else str(cdir))
-                    for k, res in zip(block, results):
-                        finish(k, res)
+                n_parts = workers
+                if client is not None:
+                    n_parts = max(1, len(client.scheduler_info().get("workers", {})) or 1)
+                blocks = _blocks(unique, pending, n_parts)
+                if engine == "dask":
+                    _run_dask(client, unique, blocks, cdir, finish)
+                elif engine == "processes" and len(blocks) > 1:
+                    _run_parallel(unique, blocks, workers, cdir, finish)
+                else:
+                    for block in blocks:
+                        results = _run_block([unique[k] for k in block],
+                                             None if cdir is None else str(cdir))
+                        for k, res in zip(block, results):
+                            finish(k, res)
     except KeyboardInterrupt as exc:
+        if cdir is not None:  # a cache file this process was writing
+            _remove_temporaries(cdir, [os.getpid()])
         exc.detail = _what_was_kept(stats, cdir)
         raise
     return [done[k] for k in keys], stats
+
+
+# Held by the in-process engine's thread while it runs blocks: the block kernels' thread
+# pool (Numba's workqueue) takes one caller at a time, and a sweep interrupted in this
+# process leaves its thread to finish the block in progress.
+_ENGINE_LOCK = threading.Lock()
+
+
+def _interleave(keys: list[str], threads: int) -> list[str]:
+    """``keys`` reordered so that neighbours go to different Numba threads (``prange`` hands
+    each thread one contiguous chunk): grid neighbours cost alike (e.g. the large learning
+    rates that diverge early), so every thread gets its share of each kind."""
+    if threads <= 1:
+        return keys
+    return [k for j in range(threads) for k in keys[j::threads]]
+
+
+def _thread_block_size(seconds: float, threads: int, remaining: int,
+                       cap: int = _MAX_THREAD_BLOCK) -> int:
+    """Configurations of the next in-process block: about ``_BLOCK_SECONDS`` of wall time
+    on ``threads`` threads for runs of ``seconds`` each, a multiple of ``threads``, at most
+    ``cap``."""
+    per_thread = max(1, int(_BLOCK_SECONDS / max(seconds, 1e-9)))
+    n = threads * per_thread
+    if n > cap:
+        n = cap - cap % threads if cap >= threads else cap
+    if remaining - n < threads and remaining <= cap:  # no straggler block below `threads`
+        n = remaining
+    return max(1, min(n, remaining))
+
+
+def _run_threads(unique, pending, threads, cdir, finish, cap=_MAX_THREAD_BLOCK) -> None:
+    """Run ``pending`` in this process: a thread runs blocks of configurations that share
+    a block key through the block kernels on ``threads`` Numba threads (one call per
+    block; the kernels release the GIL), while this thread caches the results and calls
+    ``finish(key, result)``. Blocks are sized from :func:`estimate_run_seconds`, corrected
+    by the time the previous blocks took, to about ``_BLOCK_SECONDS`` each. On an
+    interruption this thread returns at once; the engine thread finishes its block (its
+    results are dropped) and stops."""
+    from ._simulate import block_key
+
+    groups: dict[tuple, list[str]] = {}
+    for k in pending:
+        groups.setdefault(block_key(unique[k]), []).append(k)
+    out: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    end = object()
+
+    def engine() -> None:
+        try:
+            with _ENGINE_LOCK, task_cache():
+                ratio = 1.0  # measured / estimated time of the last block
+                for keys in groups.values():
+                    est = estimate_run_seconds(unique[keys[0]])
+                    i = 0
+                    while i < len(keys) and not stop.is_set():
+                        n = _thread_block_size(est * ratio, threads, len(keys) - i, cap)
+                        block = _interleave(keys[i:i + n], threads)
+                        i += n
+                        t0 = time.perf_counter()
+                        results = _run_block([unique[k] for k in block], None, threads)
+                        took = time.perf_counter() - t0
+                        ratio = min(50.0, max(0.02, took / (est * -(-n // threads))))
+                        if not stop.is_set():
+                            out.put((block, results))
+        except BaseException as exc:  # noqa: BLE001 - raised again in the sweep's thread
+            out.put((None, exc))
+        finally:
+            out.put(end)
+
+    thread = threading.Thread(target=engine, name="signaldrift-sweep", daemon=True)
+    thread.start()
+    try:
+        while True:
+            try:
+                item = out.get(timeout=1.0)
+            except queue.Empty:
+                if not thread.is_alive() and out.empty():
+                    break
+                continue
+            if item is end:
+                break
+            block, results = item
+            if block is None:
+                raise results
+            for k, res in zip(block, results):
+                if cdir is not None and not getattr(res, "failed", False):
+                    _write_cache(res, _cache_path(cdir, k))
+                finish(k, res)
+    finally:
+        stop.set()
 
 
 def _from_cache(cdir: Path | None, unique: dict[str, SimConfig], stats: _Stats) -> dict:
@@ -542,9 +766,10 @@ def run_configs(configs: Sequence[SimConfig], *, workers: int = 1,
 
     **Arguments:**
     - `configs`: the configurations (duplicates run once and share the result).
-    - `workers`: number of processes; 1 runs in this process, >1 uses a fork-context
-      process pool (:class:`~signaldrift._pool.WorkerPool`: workers never outlive this
-      process). Results do not depend on it (each run is seeded by its config alone).
+    - `workers`: cores to use: Numba threads in this process, or for long runs (above
+      ``_FORK_ABOVE_SECONDS`` estimated) a fork-context process pool
+      (:class:`~signaldrift._pool.WorkerPool`: workers never outlive this process).
+      Results do not depend on it (each run is seeded by its config alone).
     - `cache_dir`: folder of cached results (created if needed); ``None``: no cache.
       A cached result is used only if its stored config equals the requested one.
     - `progress`: show a progress bar (tqdm) on stderr, and a line when Numba compiles.

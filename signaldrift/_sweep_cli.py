@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 
 from ._config import ConfigError, SimConfig
-from ._memory import check_sweep_memory
 from ._paths import check_output_dir, check_output_file
-from ._sweep import _MAX_BLOCK, _normalise, _parse_grid, _run_sweep, expand_grid, save_dataset
+from ._sweep import (_normalise, _parse_grid, _run_sweep, check_memory_of_sweep, expand_grid,
+                     save_dataset)
 
 __all__ = ["add_parser", "handler", "parse_settings"]
 
@@ -247,8 +247,7 @@ def handler(args: argparse.Namespace) -> int:
         cache = Path(args.cache) if args.cache is not None else out.parent / ".sweep-cache"
         check_output_dir(cache, flag="--cache")
     configs, _ = expand_grid(base, grid)
-    check_sweep_memory(configs, min(workers, len(configs)),
-                       per_worker=min(_MAX_BLOCK, len(configs)))
+    check_memory_of_sweep(configs, workers)
     client = _connect(args.scheduler) if args.scheduler is not None else None
     out.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,7 +13,7 @@ from ._basis import Basis
 from ._config import ConfigError, SimConfig
 from ._seeding import rng_for
 
-__all__ = ["Task", "make_task"]
+__all__ = ["Task", "make_task", "task_cache"]
 
 # Tolerances of the checks of user-given arrays (relative to the arrays' scale).
 _ORTHO_TOL = 1e-8
@@ -237,6 +240,47 @@ def _haar_orthonormal(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
     return q * np.sign(np.diag(r))[None, :]
 
 
+# The tasks made inside `task_cache()` blocks, by the settings make_task reads (None outside).
+_CACHE: dict[tuple, Task] | None = None
+_CACHE_DEPTH = 0
+_CACHE_LOCK = threading.Lock()
+#: Most tasks a cache holds (a sweep's results hold their tasks anyway).
+_CACHE_SIZE = 256
+
+
+@contextlib.contextmanager
+def task_cache() -> Iterator[None]:
+    """Inside the block, :func:`make_task` returns the same :class:`Task` object for
+    configurations with the same task settings (shapes, spectrum, alignment, decay, basis,
+    noise and task seed) instead of drawing it again.
+
+    A sweep over lr, α or the student's settings shares one task per task seed, and making
+    it (two Haar QRs, the basis) is most of the Python cost of a small run. The task is the
+    same bits either way: :func:`make_task` is a function of these settings alone. Blocks
+    nest; the cache is emptied when the outermost one ends. A forked process keeps the
+    cache it inherited.
+    """
+    global _CACHE, _CACHE_DEPTH
+    with _CACHE_LOCK:
+        if _CACHE_DEPTH == 0:
+            _CACHE = {}
+        _CACHE_DEPTH += 1
+    try:
+        yield
+    finally:
+        with _CACHE_LOCK:
+            _CACHE_DEPTH -= 1
+            if _CACHE_DEPTH == 0:
+                _CACHE = None
+
+
+def _task_settings(config: SimConfig) -> tuple:
+    """Everything :func:`make_task` reads from ``config``."""
+    return (config.d, config.m, config.task_rank, float(config.spectrum), config.align,
+            float(config.decay), config.basis, float(config.noise),
+            int(config.effective_task_seed))
+
+
 def make_task(config: SimConfig) -> Task:
     """Build the task of THEORY §1 from ``config`` (seeded by ``config.effective_task_seed``).
 
@@ -254,8 +298,23 @@ def make_task(config: SimConfig) -> Task:
         config: the simulation settings.
 
     Returns:
-        The :class:`Task`.
+        The :class:`Task` (inside :func:`task_cache`, possibly one made before for the
+        same task settings).
     """
+    cache = _CACHE
+    if cache is None:
+        return _make_task(config)
+    key = _task_settings(config)
+    task = cache.get(key)
+    if task is None:
+        task = _make_task(config)
+        if len(cache) >= _CACHE_SIZE:
+            cache.pop(next(iter(cache)), None)
+        cache[key] = task
+    return task
+
+
+def _make_task(config: SimConfig) -> Task:
     d, m, k = config.d, config.m, config.task_rank
     rng = rng_for(config.effective_task_seed, "task")
     i = np.arange(1, d + 1, dtype=np.float64)

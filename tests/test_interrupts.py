@@ -89,14 +89,16 @@ def _wait_for(cond, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def _run_until_some_finished(tmp_path: Path, argv=SWEEP, cache=".sweep-cache", n=2):
+def _run_until_some_finished(tmp_path: Path, argv=SWEEP, cache=".sweep-cache", n=2,
+                             workers=2):
+    """Start ``argv``, wait for ``n`` cached runs and for ``workers`` worker processes."""
     proc = _start(argv, tmp_path)
     folder = tmp_path / cache
     try:
         _wait_for(lambda: len(_cached(folder)) >= n or proc.poll() is not None, 240,
                   f"{n} finished runs in {folder}")
         assert proc.poll() is None, proc.communicate()
-        _wait_for(lambda: len(_children(proc.pid)) >= 2, 30, "two workers")
+        _wait_for(lambda: len(_children(proc.pid)) >= workers, 30, f"{workers} workers")
     except BaseException:
         proc.kill()
         raise
@@ -206,9 +208,14 @@ def test_workers_die_with_a_killed_parent(tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_stops_figures(tmp_path):
-    # `figures` runs its sweeps through the same pool; F4 alone is a sweep of 8×8 runs.
+    # `figures` runs its sweeps through the same engine; F4 alone is a sweep of 8×8 runs.
+    # Its runs are short (tens of ms), so the engine runs them in this process on two Numba
+    # threads (signaldrift._sweep._engine), not in worker processes: the command must stop
+    # as fast without workers to kill (the kernel call in progress is left to a daemon
+    # thread that dies with the process).
     argv = ["figures", "--only", "F4", "--workers", "2", "--out", "figs"]
-    proc, workers = _run_until_some_finished(tmp_path, argv, cache="figs/.cache", n=1)
+    proc, workers = _run_until_some_finished(tmp_path, argv, cache="figs/.cache", n=1,
+                                             workers=0)
     t0 = time.monotonic()
     os.killpg(proc.pid, signal.SIGINT)
     rc, err, dt = _finish(proc, t0)

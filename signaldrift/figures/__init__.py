@@ -38,7 +38,8 @@ from typing import Any
 from .._config import ConfigError, SimConfig
 from . import (f1_spectral_suppression, f2_optimisation_gap, f3_signal_drift, f4_landscape,
                f5_rank_stability, f6_rank_law, f7_rule_comparison, f8_rank_law_widths)
-from ._common import ADAM_LR_STD, ALPHA_STD, MODES, base_config, check_mode, common_settings, jsonable
+from ._common import (ADAM_LR_STD, ALPHA_STD, MODES, background_drawing, base_config, check_mode,
+                      common_settings, jsonable)
 from .f1_spectral_suppression import figure_F1
 from .f2_optimisation_gap import figure_F2
 from .f3_signal_drift import figure_F3
@@ -119,14 +120,29 @@ def resolve_names(names: Sequence[str] | None) -> list[str]:
 
 def _warm_up() -> None:
     """Compile (or load) the Numba kernels once in this process before any worker forks,
-    so that forked workers inherit them instead of each compiling its own copy."""
+    so that forked workers inherit them instead of each compiling its own copy. From a
+    cold cache, the LoRA block kernel (the longest compile) is compiled here while a
+    forked child compiles full fine-tuning's and the reduced engine's kernels
+    (:func:`~signaldrift._compile.compile_in_parallel`)."""
+    from .._compile import compile_in_parallel
     from .._simulate import simulate
 
     tiny = SimConfig(d=8, m=8, task_rank=2, rank=2, steps=2, record_every=1)
-    for kw in ({"optimizer": "sgd", "sharpness_steps": (0,)},
-               {"optimizer": "adam", "sharpness_steps": (1,), "batch": 2},
-               {"model": "full", "optimizer": "sgd"}):
-        simulate(tiny.replace(**kw))
+
+    def lora() -> None:
+        for kw in ({"optimizer": "sgd", "sharpness_steps": (0,)},
+                   {"optimizer": "adam", "sharpness_steps": (1,), "batch": 2}):
+            simulate(tiny.replace(**kw))
+
+    def others() -> None:
+        simulate(tiny.replace(model="full", optimizer="sgd"))
+        # F9's engines: the reduced recursion (SGD, momentum, sampled overlaps) and the flow.
+        red = tiny.replace(spectrum=0.0, optimizer="sgd", lr=0.1, engine="reduced")
+        for kw in ({}, {"momentum": 0.9}, {"overlap_init": "sampled"},
+                   {"engine": "flow", "steps": 4}):
+            simulate(red.replace(**kw))
+
+    compile_in_parallel([lora, others])
 
 
 def run_figures(names: Sequence[str] | None, *, mode: str = "quick", out_dir="figures/out",
@@ -157,6 +173,24 @@ def run_figures(names: Sequence[str] | None, *, mode: str = "quick", out_dir="fi
     summary.setdefault("figures", {})
     t_all = time.time()
     _warm_up()
+    n_workers = int(workers) if workers else (os.cpu_count() or 1)
+    with background_drawing(n_workers > 1):
+        _run_each(fids, summary, mode=mode, out=out, workers=workers, progress=progress,
+                  log=log)
+    summary.setdefault("gamma", None)
+    summary.setdefault("c", None)
+    summary["settings"] = jsonable(settings(mode))
+    summary["seconds_last_run"] = time.time() - t_all
+    tmp = path.with_name(f".summary.json.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(jsonable(summary), indent=1, sort_keys=False))
+    os.replace(tmp, path)
+    return summary
+
+
+def _run_each(fids, summary, *, mode, out, workers, progress, log) -> None:
+    """Run the figures ``fids`` in order, filling ``summary``; with more than one worker
+    each figure is drawn in the background while the next one computes
+    (:func:`~._common.background_drawing`)."""
     for fid in fids:
         stem, fn = FIGURES[fid]
         t0 = time.time()
@@ -173,14 +207,6 @@ def run_figures(names: Sequence[str] | None, *, mode: str = "quick", out_dir="fi
                                         .get("where_gamma_falls"))
         if fid == "F8":
             summary["gamma_per_width"] = summary["figures"]["F8"]["gamma_per_width"]
-    summary.setdefault("gamma", None)
-    summary.setdefault("c", None)
-    summary["settings"] = jsonable(settings(mode))
-    summary["seconds_last_run"] = time.time() - t_all
-    tmp = path.with_name(f".summary.json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(jsonable(summary), indent=1, sort_keys=False))
-    os.replace(tmp, path)
-    return summary
 
 
 def script_main(fid: str, argv: Sequence[str] | None = None) -> int:

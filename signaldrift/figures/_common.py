@@ -11,11 +11,14 @@ height); legends sit outside the data; PNGs at :data:`DPI` with text of at least
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
+import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
 
-from .._analysis import log_t_interval, loglog_slope, t_interval
+from .._analysis import _loglog_points, _ols, log_t_interval, loglog_slope, t_interval
 from .._config import ConfigError, SimConfig
 from .._task import Task, make_task
 
@@ -204,6 +207,97 @@ def write(ds: xr.Dataset, fig, out: Path, stem: str, dpi: int = DPI) -> list[str
     return [f"{stem}.png", f"{stem}.pdf", f"{stem}.nc"]
 
 
+# Children drawing figures while the next figure computes (see draw_and_write); None when
+# drawing happens in this process.
+_BACKGROUND: list[tuple] | None = None
+#: Most figures drawn in the background at once.
+_MAX_BACKGROUND = 1
+
+
+@contextlib.contextmanager
+def background_drawing(enabled: bool = True) -> Iterator[None]:
+    """Inside the block, :func:`draw_and_write` draws and writes each figure in a forked
+    child process while this one goes on with the next figure's simulations, and the block
+    waits for every child when it ends. Drawing (matplotlib's layout and two renderings,
+    seconds per figure) is single-threaded Python; the simulations use both cores only
+    while a kernel runs, so the drawing fills the gaps. The files are the same bytes (the
+    same code on the same data). A child that fails is drawn again here, so its error is
+    raised as before; on an exception (e.g. Ctrl-C) the children are killed.
+    """
+    global _BACKGROUND
+    # Linux only: forking a process that has drawn with matplotlib is unsafe on macOS.
+    if not enabled or _BACKGROUND is not None or not sys.platform.startswith("linux"):
+        yield
+        return
+    _BACKGROUND = []
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        pending, _BACKGROUND = _BACKGROUND, None
+        if ok:
+            for job in pending:
+                _reap(job)
+        else:
+            for pid, *_ in pending:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(OSError):
+                    os.waitpid(pid, 0)
+
+
+def _reap(job: tuple) -> None:
+    """Wait for a drawing child; draw its figure here if it failed."""
+    pid, plot, ds, out, stem, dpi = job
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        write(ds, plot(ds), out, stem, dpi)
+
+
+def _child_start() -> None:
+    """In a drawing child: die with the parent, and on Ctrl-C as the parent does."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    from .._pool import _set_parent_death_signal
+
+    _set_parent_death_signal()
+
+
+def draw_and_write(plot: Callable[[xr.Dataset], Figure], ds: xr.Dataset, out: Path,
+                   stem: str, dpi: int = DPI) -> list[str]:
+    """``write(ds, plot(ds), out, stem, dpi)``: in a child process inside
+    :func:`background_drawing`, else here. **Returns:** the names of the files."""
+    if _BACKGROUND is None:
+        return write(ds, plot(ds), out, stem, dpi)
+    while len(_BACKGROUND) >= _MAX_BACKGROUND:
+        _reap(_BACKGROUND.pop(0))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:  # the child: draw, write, leave without running the parent's exit code
+        code = 1
+        try:
+            _child_start()
+            if os.getppid() == parent:
+                write(ds, plot(ds), out, stem, dpi)
+                code = 0
+        except BaseException:  # noqa: BLE001 - the parent draws it again and raises
+            pass
+        finally:
+            os._exit(code)
+    _BACKGROUND.append((pid, plot, ds, out, stem, dpi))
+    return [f"{stem}.png", f"{stem}.pdf", f"{stem}.nc"]
+
+
+def _slope(x: np.ndarray, y: np.ndarray) -> float:
+    """``loglog_slope(x, y).slope`` (the same operations, so the same bits) without its
+    t interval, whose quantile costs ten times the fit (a bootstrap refits 1000 times)."""
+    u, v, _ = _loglog_points(x, y)
+    return _ols(u, v)[0]
+
+
 def slope_boot(x, Y, theory: float | None = None, tol: float | None = None, *,
                n_boot: int = 1000, seed: int = 0) -> dict:
     """Log-log slope of the seed mean of ``Y`` (len(x), seeds) against ``x``, with a
@@ -227,7 +321,7 @@ def slope_boot(x, Y, theory: float | None = None, tol: float | None = None, *,
             for _ in range(n_boot):
                 pick = rng.integers(0, S, size=S)
                 try:
-                    boots.append(loglog_slope(x, np.nanmean(Y[:, pick], axis=1)).slope)
+                    boots.append(_slope(x, np.nanmean(Y[:, pick], axis=1)))
                 except ValueError:
                     continue
     ci = np.percentile(boots, [2.5, 97.5]).tolist() if boots else [math.nan, math.nan]

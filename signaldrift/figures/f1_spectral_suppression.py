@@ -36,7 +36,7 @@ from .._analysis import divergence_threshold, t_interval
 from .._derivations.init_sharpness import (DOMAIN, effective_dimension, expected_lambda_max,
                                            in_domain, mp_edge, naive_mu)
 from .._task import make_task
-from ._common import (finish, ADAM_LR_STD, ALPHA_STD, CI_METHOD, FONT, Ctx, attr, base_config,
+from ._common import (draw_and_write, finish, ADAM_LR_STD, ALPHA_STD, CI_METHOD, FONT, Ctx, attr, base_config,
                       check_mode, colors, final, jsonable, legend_outside, mean_ci,
                       new_figure, pmap, pow2, save_figure, set_axes, sgd_lr_std, sharp0,
                       write)
@@ -229,8 +229,7 @@ def figure_F1(mode: str, out_dir, *, workers: int | None = None, progress: bool 
                "derivation": "signaldrift derive init_sharpness",
                "domain": f"beta in {DOMAIN['beta']}, d in {DOMAIN['d']}, r in {DOMAIN['rank']}"},
     )
-    fig = plot(ds)
-    files = write(ds, fig, ctx.out, f"{ID}_{STEM}")
+    files = draw_and_write(plot, ds, ctx.out, f"{ID}_{STEM}")
 
     # Summary numbers.
     m, lo, hi, n = t_interval(lam0, axis=-1)

@@ -32,7 +32,7 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 from .._analysis import log_t_interval, optimisation_gap
-from ._common import (finish, ALPHA_STD, FONT, LOG_CI_METHOD, Ctx, attr, base_config, check_mode,
+from ._common import (draw_and_write, finish, ALPHA_STD, FONT, LOG_CI_METHOD, Ctx, attr, base_config, check_mode,
                       colors, diverged_strip, final, jsonable, legend_outside, lr_std,
                       mark_diverged, new_figure, pow2, save_figure, seed_loss, set_axes, write)
 from .f4_landscape import landscape
@@ -103,8 +103,7 @@ def figure_F2(mode: str, out_dir, *, workers: int | None = None, progress: bool 
     ds.attrs.update(tun.attrs)
     ds.attrs.update(figure="F2 optimisation gap (THEORY §4, P2) and LoRA+ (THEORY §3)",
                     ci_method=LOG_CI_METHOD)
-    fig = plot(ds)
-    files = write(ds, fig, ctx.out, f"{ID}_{STEM}")
+    files = draw_and_write(plot, ds, ctx.out, f"{ID}_{STEM}")
 
     out: dict[str, Any] = {"rank": int(land.attrs["rank"]), "alpha_std": ALPHA_STD,
                            "steps": int(land.attrs["steps"]), "batch": int(land.attrs["batch"]),

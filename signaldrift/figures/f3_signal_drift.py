@@ -34,7 +34,7 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
-from ._common import (finish, ALPHA_STD, FONT, LOG_CI_METHOD, OPT_COLORS, Ctx, attr,
+from ._common import (draw_and_write, finish, ALPHA_STD, FONT, LOG_CI_METHOD, OPT_COLORS, Ctx, attr,
                       base_config, check_mode, geo_center, gmean_ci, jsonable, legend_outside,
                       lr_std, new_figure, pow2, rec, ref_line, save_figure, set_axes,
                       slope_boot, write)
@@ -203,8 +203,7 @@ def figure_F3(mode: str, out_dir, *, workers: int | None = None, progress: bool 
                "traj_setting": (f"r = {T['rank']}, α = {T['alpha']:g}, minibatch "
                                 f"{base_config(mode).batch}, {base_config(mode).basis} basis")},
     )
-    fig = plot(ds)
-    files = write(ds, fig, ctx.out, f"{ID}_{STEM}")
+    files = draw_and_write(plot, ds, ctx.out, f"{ID}_{STEM}")
     tol = 0.05
     summary_steps = {}
     for tt in range(1, F["steps"]):

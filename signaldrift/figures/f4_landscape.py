@@ -28,7 +28,7 @@ from matplotlib.colors import ListedColormap, LogNorm
 from matplotlib.figure import Figure
 
 from .._analysis import aggregate_seeds
-from ._common import (finish, ALPHA_STD, FONT, Ctx, attr, base_config, check_mode, final, jsonable,
+from ._common import (draw_and_write, finish, ALPHA_STD, FONT, Ctx, attr, base_config, check_mode, final, jsonable,
                       legend_outside, lr_std, new_figure, pow2, save_figure, set_axes, write)
 
 ID, STEM = "F4", "landscape"
@@ -177,8 +177,7 @@ def figure_F4(mode: str, out_dir, *, workers: int | None = None, progress: bool 
     ctx = Ctx(out_dir, workers, progress)
     ds = landscape(mode, ctx).copy()
     ds.attrs.update(figure="F4 (eta, alpha) landscape (THEORY §6, P4)")
-    fig = plot(ds)
-    files = write(ds, fig, ctx.out, f"{ID}_{STEM}")
+    files = draw_and_write(plot, ds, ctx.out, f"{ID}_{STEM}")
     out: dict[str, Any] = {"rank": int(ds.attrs["rank"]), "basis": ds.attrs["basis"],
                            "aggregate": ds.attrs["aggregate"]}
     la = np.log2(ds.alpha.values)

@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from .._analysis import predicted_first_step_slopes
 from .._derivations.init_sharpness import expected_lambda_max, in_domain
 from .._task import make_task
-from ._common import (finish, ADAM_LR_STD, ALPHA_STD, CI_METHOD, FONT, LOG_CI_METHOD, RULE_COLORS, Ctx,
+from ._common import (draw_and_write, finish, ADAM_LR_STD, ALPHA_STD, CI_METHOD, FONT, LOG_CI_METHOD, RULE_COLORS, Ctx,
                       attr, base_config, check_mode, diverged_strip, final, geo_center,
                       jsonable, legend_outside, lr_std, mark_diverged, gmean_ci, new_figure,
                       rank_ticks, rec, ref_line, rule_changes, save_figure, seed_loss,
@@ -123,8 +123,7 @@ def figure_F5(mode: str, out_dir, *, workers: int | None = None, progress: bool 
                "rules": json.dumps(F["rules"]), "lr_sgd_first": lr_first["sgd"],
                "lr_sgd_budget": ref["sgd"], "lr_adam": ADAM_LR_STD, "ci_method": LOG_CI_METHOD},
     )
-    fig = plot(ds)
-    files = write(ds, fig, ctx.out, f"{ID}_{STEM}")
+    files = draw_and_write(plot, ds, ctx.out, f"{ID}_{STEM}")
     tol = 0.1
     slopes: dict[str, Any] = {}
     for i, o in enumerate(OPTIMIZERS):

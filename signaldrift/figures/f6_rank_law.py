@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
 
 from .._analysis import (bracket_position, first_step_brackets, fit_rank_law, optimal_alpha)
-from ._common import (finish, ALPHA_STD, FONT, LOG_CI_METHOD, OPT_COLORS, Ctx, attr, base_config,
+from ._common import (draw_and_write, finish, ALPHA_STD, FONT, LOG_CI_METHOD, OPT_COLORS, Ctx, attr, base_config,
                       check_mode, colors, diverged_strip, final, jsonable, legend_outside,
                       lr_std, mark_diverged, new_figure, pow2, rank_ticks, save_figure,
                       seed_loss, set_axes, write)
@@ -214,8 +214,7 @@ def figure_F6(mode: str, out_dir, *, workers: int | None = None, progress: bool 
                "gamma_method": (laws[F["optimizers"][0]]["fit"].method
                                 if laws[F["optimizers"][0]]["fit"] else "no fit")},
     )
-    fig = plot(ds)
-    files = write(ds, fig, ctx.out, f"{ID}_{STEM}")
+    files = draw_and_write(plot, ds, ctx.out, f"{ID}_{STEM}")
     per_opt: dict[str, Any] = {}
     for i, o in enumerate(F["optimizers"]):
         L = laws[o]

@@ -18,7 +18,7 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
-from ._common import (finish, ALPHA_STD, FONT, LOG_CI_METHOD, RULE_COLORS, Ctx, attr, base_config,
+from ._common import (draw_and_write, finish, ALPHA_STD, FONT, LOG_CI_METHOD, RULE_COLORS, Ctx, attr, base_config,
                       check_mode, diverged_strip, final, jsonable, legend_outside, lr_std,
                       mark_diverged, new_figure, pow2, rank_ticks, rule_changes, save_figure,
                       seed_loss, set_axes, write)
@@ -69,8 +69,7 @@ def figure_F7(mode: str, out_dir, *, workers: int | None = None, progress: bool 
                "basis": base_config(mode).basis, "ci_method": LOG_CI_METHOD,
                "lr_sgd": float(f"{ref['sgd']:.4g}"), "lr_adam": ref["adam"]},
     )
-    fig = plot(ds)
-    files = write(ds, fig, ctx.out, f"{ID}_{STEM}")
+    files = draw_and_write(plot, ds, ctx.out, f"{ID}_{STEM}")
     j1 = int(np.argmin(np.abs(np.log(np.array(facs)))))
     table: dict[str, Any] = {}
     for i, o in enumerate(OPTIMIZERS):

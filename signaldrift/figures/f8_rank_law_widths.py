@@ -32,7 +32,7 @@ from matplotlib.figure import Figure
 
 from .._analysis import first_step_brackets
 from .._derivations.init_sharpness import effective_dimension, spectrum
-from ._common import (finish, FONT, OPT_COLORS, Ctx, attr, check_mode, colors, jsonable,
+from ._common import (draw_and_write, finish, FONT, OPT_COLORS, Ctx, attr, check_mode, colors, jsonable,
                       legend_outside, new_figure, pow2, rank_ticks, save_figure, set_axes,
                       task_of, sgd_lr_std, ADAM_LR_STD, write)
 from .f6_rank_law import alpha_star_sweep, rank_law
@@ -172,8 +172,7 @@ def figure_F8(mode: str, out_dir, *, workers: int | None = None, progress: bool 
                "spectrum": S["spectrum"], "batch": S["batch"], "seeds": len(S["seeds"]),
                "gamma_method": "OLS of log α* on log r; Student-t CI from rank-level residuals"},
     )
-    fig = plot(ds)
-    files = write(ds, fig, ctx.out, f"{ID}_{STEM}")
+    files = draw_and_write(plot, ds, ctx.out, f"{ID}_{STEM}")
     secs = np.array([t_[0] for t_ in timing])
     runs = np.array([t_[1] for t_ in timing])
     nw = ctx.workers
