@@ -4,7 +4,7 @@ Engine (:func:`run_configs`): configurations that share shapes, optimiser kind, 
 kind, data mode and record layout (:func:`signaldrift._simulate.block_key`) run in blocks,
 one call of the batched kernels per block (:func:`signaldrift._simulate.simulate_block`,
 bit-identical to running each alone). How (:func:`_engine`): in this process, a thread
-runs the blocks on ``workers`` Numba threads (the kernels release the GIL; blocks sized to
+runs the blocks on ``workers`` threads (the kernels release the GIL; blocks sized to
 about ``_BLOCK_SECONDS`` from :func:`estimate_run_seconds`, corrected by the measured
 times) while the calling thread caches the results; or, with several workers, for runs
 estimated above ``_FORK_ABOVE_SECONDS`` each (and for the reduced engines), in a
@@ -321,7 +321,7 @@ _MAX_THREAD_BLOCK = 256
 #: processes instead: the fork is then cheap next to the runs, and a block of long runs in
 #: this process would run on for seconds after an interruption (threads cannot be killed;
 #: processes can). Below it, threads win: measured on 2 cores, F2's 1314 runs of about
-#: 30 ms took 2.5× longer in two forked workers than on two Numba threads.
+#: 30 ms took 2.5× longer in two forked workers than on two threads.
 _FORK_ABOVE_SECONDS = 0.5
 # Cost model of the block kernels on one core (see estimate_run_seconds).
 _NS_PER_FLOP = 0.2
@@ -379,7 +379,7 @@ def _blocks(configs: dict[str, SimConfig], pending: list[str], workers: int
 
 
 def _run_block(configs: list[SimConfig], cache_dir: str | None, threads: int = 1) -> list:
-    """Run a block of configurations (one kernel call, on ``threads`` Numba threads, when
+    """Run a block of configurations (one kernel call, on ``threads`` threads, when
     the real simulator is in place) and cache each result; a block that raises is rerun
     one configuration at a time, so a failure becomes the :class:`FailedRun` of the
     configuration that caused it. Configurations with the same task settings share one
@@ -478,7 +478,7 @@ def _engine(configs: Sequence[SimConfig], workers: int, client=None) -> str:
     """How a sweep of ``configs`` runs: ``"dask"`` (a client), ``"processes"`` (worker
     processes: several workers and runs that the block kernels do not take, or that are
     estimated above ``_FORK_ABOVE_SECONDS`` each), ``"threads"`` (the block kernels in
-    this process, on ``workers`` Numba threads) or ``"serial"`` (one by one here)."""
+    this process, on ``workers`` threads) or ``"serial"`` (one by one here)."""
     if client is not None:
         return "dask"
     fast = _fast_path(configs)
@@ -584,16 +584,16 @@ def _run_configs(configs, *, workers=1, cache_dir=None, progress=True, client=No
     return [done[k] for k in keys], stats
 
 
-# Held by the in-process engine's thread while it runs blocks: the block kernels' thread
-# pool (Numba's workqueue) takes one caller at a time, and a sweep interrupted in this
-# process leaves its thread to finish the block in progress.
+# Held by the in-process engine's thread while it runs blocks: a sweep interrupted in this
+# process leaves its thread to finish the block in progress, and the next one waits for it.
 _ENGINE_LOCK = threading.Lock()
 
 
 def _interleave(keys: list[str], threads: int) -> list[str]:
-    """``keys`` reordered so that neighbours go to different Numba threads (``prange`` hands
-    each thread one contiguous chunk): grid neighbours cost alike (e.g. the large learning
-    rates that diverge early), so every thread gets its share of each kind."""
+    """``keys`` reordered so that grid neighbours, which cost alike (e.g. the large
+    learning rates that diverge early), are spread over the block: the threads of
+    :func:`signaldrift.simulate_block` take configurations in order, so every thread gets
+    its share of each kind."""
     if threads <= 1:
         return keys
     return [k for j in range(threads) for k in keys[j::threads]]
@@ -615,7 +615,7 @@ def _thread_block_size(seconds: float, threads: int, remaining: int,
 
 def _run_threads(unique, pending, threads, cdir, finish, cap=_MAX_THREAD_BLOCK) -> None:
     """Run ``pending`` in this process: a thread runs blocks of configurations that share
-    a block key through the block kernels on ``threads`` Numba threads (one call per
+    a block key through the block kernels on ``threads`` threads (one call per
     block; the kernels release the GIL), while this thread caches the results and calls
     ``finish(key, result)``. Blocks are sized from :func:`estimate_run_seconds`, corrected
     by the time the previous blocks took, to about ``_BLOCK_SECONDS`` each. On an
@@ -766,7 +766,7 @@ def run_configs(configs: Sequence[SimConfig], *, workers: int = 1,
 
     **Arguments:**
     - `configs`: the configurations (duplicates run once and share the result).
-    - `workers`: cores to use: Numba threads in this process, or for long runs (above
+    - `workers`: cores to use: threads in this process, or for long runs (above
       ``_FORK_ABOVE_SECONDS`` estimated) a fork-context process pool
       (:class:`~signaldrift._pool.WorkerPool`: workers never outlive this process).
       Results do not depend on it (each run is seeded by its config alone).
