@@ -5,7 +5,8 @@ Peers, on the figures' grid (128 configurations = lr 8 values log-spaced 1e-4…
 feature basis ``eigen`` in both so the arithmetic is the same):
 
 - (a) ``signaldrift.run_configs(configs, workers=2, progress=False)``: the batched engine
-  (blocks of configurations, one parallel Numba kernel call each, two worker processes);
+  (blocks of configurations, one call of the GIL-free block kernels each, on two
+  threads in this process: the engine forks worker processes only for long runs);
 - (b) the old per-run path: a loop of ``signaldrift.simulate`` in this process;
 - (c) JAX ``jit(vmap(scan))`` over the grid (``benchmarks/_jax_peer.py``), one process,
   XLA's thread pool (both cores available; the mean number of cores it kept busy is
@@ -238,7 +239,7 @@ def main() -> None:
 
     print(machine_line())
     print(f"peers: signaldrift (Numba {__import__('numba').__version__}; run_configs with 2 "
-          f"worker processes; the loop in 1 process) vs {peer.info} (default XLA threads), "
+          f"workers (threads); the loop in 1 process) vs {peer.info} (default XLA threads), "
           "float64, basis 'eigen'")
     print("ratios > 1: signaldrift is faster (configurations per second, compile excluded)")
     sd.simulate(jp.sweep_grid()[0].replace(steps=2))  # load the Numba cache
