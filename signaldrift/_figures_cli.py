@@ -23,6 +23,7 @@ import time
 
 from ._compile import announce_compile
 from ._config import ConfigError
+from ._dask_guard import dask_hidden_from_xarray
 from ._paths import check_output_dir
 from ._progress import GroupLog, progress_group
 
@@ -72,7 +73,7 @@ def handler(args: argparse.Namespace) -> int:
     progress = getattr(args, "progress", True)
     t0 = time.time()
     announce_compile()
-    with progress_group("figures", enabled=progress) as group:
+    with dask_hidden_from_xarray(), progress_group("figures", enabled=progress) as group:
         log = GroupLog(group, len(names)) if group is not None else sys.stderr
         summary = run_figures(names, mode=args.mode, out_dir=args.out, workers=args.workers,
                               progress=progress, log=log)

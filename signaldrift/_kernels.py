@@ -328,8 +328,11 @@ def loss_and_grad_norm(RF, A, V, lam):
 
 @njit(cache=True)
 def lora_loss(s, A, B, lam, U, sig, V):
-    """Population excess loss L = ½tr(EΣEᵀ) at (A, B) (THEORY §2), cancellation-free."""
-    return loss_and_grad_norm(residual_factors(s, B, U, sig), A, V, lam)[0]
+    """Population excess loss L = ½tr(EΣEᵀ) at (A, B) (THEORY §2), cancellation-free:
+    the first value of :func:`loss_and_grad_norm`, same bits, without ‖G‖'s QR."""
+    RF = residual_factors(s, B, U, sig)
+    Rh = _qr_r(_columns(A.T, V) * np.sqrt(lam)[:, None])
+    return 0.5 * _fro(RF @ Rh.T) ** 2
 
 
 @njit(cache=True)
@@ -699,12 +702,14 @@ def full_run(t0, t1, Delta, buf, sq, Dstar, lam, lrs, n, key_x, key_e, noise, Xt
 def lora_block(which, t0, t1, A, B, bufA, bufB, sqA, sqB, s, lam, U, V, sig, Sg, VtS,
                c_loss, lrs, lr_ratio, n, key_x, key_e, noise, Xtr, XVtr, Ntr, key_ep,
                opt, momentum, nesterov, beta1, beta2, eps, eps_b, wd, code, pairs, cs, Q,
-               record_every, bound, loss, train_loss, rec, status, stop):
+               record_every, bound, loss, train_loss, rec, status, stop, last, final):
     """:func:`lora_run` for the configurations ``which`` of a block of C configurations
     that share shapes, optimiser, basis kind and record layout. Every argument of
     :func:`lora_run` that may differ between configurations carries a leading axis C;
     ``status`` (C,) and ``stop`` (C,) receive each configuration's return value, and a
-    configuration whose status is already ``STATUS_DIVERGED`` is skipped.
+    configuration whose status is already ``STATUS_DIVERGED`` is skipped. ``final`` (C,)
+    receives :func:`lora_loss` of the state where the run ends: after the segment if
+    ``last`` (t1 is the last step), or at the step where it diverged.
 
     It releases the GIL (``nogil``), so the driver runs disjoint ``which`` in parallel
     threads (:func:`signaldrift.simulate_block`); each configuration's arithmetic is that
@@ -721,6 +726,8 @@ def lora_block(which, t0, t1, A, B, bufA, bufB, sqA, sqB, s, lam, U, V, sig, Sg,
                          bound[c], loss[c], train_loss[c], rec[c])
         status[c] = st
         stop[c] = t
+        if last or st != STATUS_OK:
+            final[c] = lora_loss(s[c], A[c], B[c], lam[c], U[c], sig[c], V[c])
 
 
 @njit(cache=True, nogil=True)
