@@ -9,6 +9,10 @@ matrix is formed. θ is flattened as ``(A.ravel(), B.ravel())`` (row-major), n =
 A is in the feature basis (THEORY §1); the products rotate it to Σ's eigen-coordinates and
 back (:mod:`signaldrift._basis`). λ_max(H) does not depend on the basis (the change of
 variables is orthogonal); Adam's preconditioned sharpness does, through P.
+
+:func:`sharpness` runs Lanczos entirely in Numba (:mod:`signaldrift._lanczos`: products,
+full reorthogonalisation and the tridiagonal eigenproblem in one GIL-free call), with
+ARPACK on :func:`hessian_operator` as the fallback.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.sparse.linalg import LinearOperator, eigsh
 
-from ._generated.factorised import hvp_A, hvp_B
+from ._basis import Basis
+from ._lanczos import hessian_matvec, lanczos_max
 from ._task import Task
 
 __all__ = ["sharpness", "sharpness_at_init", "dense_hessian", "hessian_operator"]
@@ -24,6 +29,35 @@ __all__ = ["sharpness", "sharpness_at_init", "dense_hessian", "hessian_operator"
 #: Up to this many parameters the operator is materialised and diagonalised densely
 #: (ARPACK needs k < n and is slower than ``eigvalsh`` on small problems).
 _DENSE_MAX = 64
+#: Lanczos stops when the Ritz residual ‖Hx − θx‖ ≤ tol·|θ|. The eigenvalue error is then at
+#: most tol·|θ| and, for a separated λ_max, (tol·θ)²/gap: far below rounding in practice.
+_LANCZOS_TOL = 1e-10
+#: Largest Krylov dimension before a restart (measured: 22–37 steps at d = m = 128,
+#: r = 2–32, with and without P), and restarts before falling back to ARPACK.
+_LANCZOS_KMAX = 120
+_LANCZOS_RESTARTS = 3
+
+
+def _operator_arrays(task: Task, scale: float, A: np.ndarray, B: np.ndarray,
+                     precond_A: np.ndarray | None, precond_B: np.ndarray | None) -> tuple:
+    """The arrays of the Hessian-vector product at (A, B), all float64 and C-contiguous
+    (an F-ordered argument would compile the Numba kernels a second time):
+    ``(s, Ã, B, U, diag(σ⋆), (ΣV)ᵀ, λ, P^{-½} or (0,))`` with ``Ã = A Q`` in Σ's
+    eigen-coordinates."""
+    c = np.ascontiguousarray
+    A = c(task.basis.to_eigen(c(A, dtype=np.float64)))
+    B = c(B, dtype=np.float64)
+    lam = c(task.lam, dtype=np.float64)
+    U = c(task.U, dtype=np.float64)
+    Sg = c(np.diag(np.asarray(task.sigma_star, dtype=np.float64)))
+    VtS = c((task.V * lam[:, None]).T, dtype=np.float64)
+    if precond_A is None and precond_B is None:
+        scale_vec = np.empty(0)
+    else:
+        pa = np.ones(A.shape) if precond_A is None else np.asarray(precond_A, dtype=np.float64)
+        pb = np.ones(B.shape) if precond_B is None else np.asarray(precond_B, dtype=np.float64)
+        scale_vec = 1.0 / np.sqrt(np.concatenate([pa.ravel(), pb.ravel()]))
+    return float(scale), A, B, U, Sg, VtS, lam, scale_vec
 
 
 def hessian_operator(task: Task, scale: float, A: np.ndarray, B: np.ndarray, *,
@@ -31,7 +65,9 @@ def hessian_operator(task: Task, scale: float, A: np.ndarray, B: np.ndarray, *,
                      precond_B: np.ndarray | None = None) -> LinearOperator:
     """The Hessian of L at (A, B) as a symmetric operator on flattened θ (THEORY §4).
 
-    With preconditioners ``P_A`` (r, d), ``P_B`` (m, r) (``P = √v̂ + ε``) the operator is
+    ``H[T_A, T_B] = s²‖(T_B A + B T_A)Σ^½‖² + 2s⟨T_B T_A, G⟩``, G = EΣ, applied by
+    :func:`signaldrift._lanczos.hessian_matvec`. With preconditioners ``P_A`` (r, d),
+    ``P_B`` (m, r) (``P = √v̂ + ε``, in the feature basis) the operator is
     ``P^{-½} H P^{-½}``, whose spectrum is that of ``P⁻¹H``.
 
     Args:
@@ -44,36 +80,18 @@ def hessian_operator(task: Task, scale: float, A: np.ndarray, B: np.ndarray, *,
     Returns:
         A ``scipy.sparse.linalg.LinearOperator`` of shape (n, n), n = r·d + m·r.
     """
-    s = float(scale)
-    basis = task.basis
-    A = basis.to_eigen(np.ascontiguousarray(A, dtype=np.float64))
-    B = np.ascontiguousarray(B, dtype=np.float64)
-    r, d = A.shape
-    m = B.shape[0]
-    nA, n = r * d, r * d + m * r
-    lam, U = task.lam, np.ascontiguousarray(task.U)
-    Sg = np.diag(task.sigma_star)
+    s, A, B, U, Sg, VtS, lam, scale_vec = _operator_arrays(task, scale, A, B,
+                                                          precond_A, precond_B)
     AS = A * lam
     ASAt = AS @ A.T
     BtB = B.T @ B
-    VtS = np.ascontiguousarray((task.V * lam[:, None]).T)
-    if precond_A is None and precond_B is None:
-        scale_vec = None
-    else:
-        pa = np.ones((r, d)) if precond_A is None else np.asarray(precond_A, dtype=np.float64)
-        pb = np.ones((m, r)) if precond_B is None else np.asarray(precond_B, dtype=np.float64)
-        scale_vec = 1.0 / np.sqrt(np.concatenate([pa.ravel(), pb.ravel()]))
+    basis_args = task.basis.kernel_args()
+    n = A.size + B.size
 
     def matvec(x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float64).ravel()
-        if scale_vec is not None:
-            x = x * scale_vec
-        tA = basis.to_eigen(x[:nA].reshape(r, d))
-        tB = np.ascontiguousarray(x[nA:].reshape(m, r))
-        hB = hvp_B(s, tB, B, U, Sg, ASAt, AS @ tA.T, VtS @ tA.T)
-        hA = basis.to_features(hvp_A(s, B.T @ tB, BtB, AS, tA * lam, tB.T @ U, Sg, VtS))
-        y = np.concatenate([hA.ravel(), hB.ravel()])
-        return y * scale_vec if scale_vec is not None else y
+        x = np.ascontiguousarray(x, dtype=np.float64).ravel()
+        return hessian_matvec(x, s, A, B, U, Sg, VtS, lam, AS, ASAt, BtB, scale_vec,
+                              *basis_args)
 
     return LinearOperator((n, n), matvec=matvec, rmatvec=matvec, dtype=np.float64)
 
@@ -83,8 +101,15 @@ def sharpness(task: Task, scale: float, A: np.ndarray, B: np.ndarray, *,
               seed: int = 0) -> float:
     """λ_max, the largest algebraic eigenvalue of the Hessian of L at (A, B) (THEORY §4).
 
-    Lanczos (``eigsh(which="LA")``, seeded start vector) on :func:`hessian_operator`;
-    for n ≤ 64 parameters the operator is applied to the identity and diagonalised.
+    ``λ_max = max_{‖T‖=1} H[T_A, T_B]``, ``H[T_A, T_B] = s²‖(T_B A + B T_A)Σ^½‖² +
+    2s⟨T_B T_A, G⟩`` (G = EΣ). Lanczos with full reorthogonalisation in one compiled call
+    (:func:`signaldrift._lanczos.lanczos_max`) from the seeded start vector
+    ``default_rng(seed).standard_normal(n)``, stopped when the Ritz pair's residual
+    ``‖Hx − θx‖ = β_j|y_j| ≤ 10⁻¹⁰·|θ|`` (then |θ − λ| ≤ 10⁻¹⁰|θ| for an eigenvalue λ, and
+    ≤ (10⁻¹⁰θ)²/gap when λ_max is separated by ``gap``); if that fails within
+    ``_LANCZOS_KMAX`` steps and ``_LANCZOS_RESTARTS`` restarts, ARPACK
+    (``eigsh(which="LA")``) on :func:`hessian_operator` from the same start vector.
+    For n ≤ 64 parameters the operator is applied to the identity and diagonalised.
     With ``precond_A``, ``precond_B`` (P = √v̂ + ε) returns ``λ_max(P^{-½}HP^{-½})``
     = ``λ_max(P⁻¹H)``, Adam's preconditioned sharpness.
 
@@ -96,12 +121,27 @@ def sharpness(task: Task, scale: float, A: np.ndarray, B: np.ndarray, *,
     Returns:
         λ_max as a float.
     """
-    op = hessian_operator(task, scale, A, B, precond_A=precond_A, precond_B=precond_B)
-    n = op.shape[0]
+    n = np.size(A) + np.size(B)
     if n <= _DENSE_MAX:
+        op = hessian_operator(task, scale, A, B, precond_A=precond_A, precond_B=precond_B)
         H = op.matmat(np.eye(n))
         return float(np.linalg.eigvalsh(0.5 * (H + H.T))[-1])
     v0 = np.random.default_rng(seed).standard_normal(n)
+    arrays = _operator_arrays(task, scale, A, B, precond_A, precond_B)
+    basis_args, start = task.basis.kernel_args(), v0
+    if arrays[-1].size == 0 and task.basis.kind != "eigen":
+        # Without P the Hessian in features is M H_eig Mᵀ, M = blockdiag(I_r ⊗ Q, I): Lanczos
+        # on H_eig from Mᵀv0 builds the same Krylov space rotated, so the same Ritz values
+        # (to rounding), and skips the two rotations per product.
+        r, d = np.shape(A)
+        start = v0.copy()
+        start[: r * d] = task.basis.to_eigen(v0[: r * d].reshape(r, d)).ravel()
+        basis_args = Basis.eigen(d).kernel_args()
+    theta, _, _, converged = lanczos_max(start, _LANCZOS_TOL, _LANCZOS_KMAX,
+                                         _LANCZOS_RESTARTS, *arrays, *basis_args)
+    if converged:
+        return float(theta)
+    op = hessian_operator(task, scale, A, B, precond_A=precond_A, precond_B=precond_B)
     return float(eigsh(op, k=1, which="LA", v0=v0, return_eigenvectors=False)[0])
 
 
