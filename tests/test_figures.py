@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+import warnings
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from matplotlib.text import Text
 
 import signaldrift
 from signaldrift import _plotting as P
+from signaldrift._analysis import loglog_slope
 from signaldrift._figures import FIGURES, resolve_names, run_figures, settings
 from signaldrift.figures import _common
 
@@ -258,3 +260,60 @@ def test_figures_scripts_import_script_main():
     for fid, (stem, _) in list(FIGURES.items())[:8]:
         text = (repo / "figures" / f"f{fid[1:]}_{stem}.py").read_text()
         assert f'script_main("{fid}"' in text
+
+
+# ----------------------------------------------------------------------------- statistics
+def _bits(a) -> np.ndarray:
+    return np.asarray(a, np.float64).view(np.int64)
+
+
+@pytest.mark.parametrize("case", range(40))
+def test_boot_slopes_is_the_loop_over_resamples_bit_for_bit(case):
+    # Reference: the straightforward loop slope_boot ran before (one _slope per resample;
+    # the resamples it rejects are left out). Random grids and seeds, NaN, zero, negative
+    # and infinite means, a bad or single distinct x, a strided x: the vectorised path must
+    # give the same bits, not merely close values.
+    rng = np.random.default_rng(case)
+    nx, S = int(rng.integers(1, 14)), 2 + case % 15  # from 8 seeds numpy sums pairwise
+    x = np.exp(3 * rng.normal(size=nx))
+    if case % 7 == 3:
+        x[0] = [0.0, -1.0, np.nan][case % 3]
+    if case % 11 == 5:
+        x[:] = x[0]  # one distinct x: every resample is rejected
+    Y = np.exp(rng.uniform(0.1, 4) * rng.normal(size=(nx, S))) * 10.0 ** rng.uniform(-6, 6)
+    if case % 3 == 1:
+        Y[rng.random((nx, S)) < 0.15] = np.nan
+    if case % 5 == 2:
+        Y[rng.random((nx, S)) < 0.1] = rng.choice([0.0, -2.0, np.inf])
+    picks = rng.integers(0, S, size=(300, S))
+    ref = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for p in picks:
+            try:
+                ref.append(_common._slope(x, np.nanmean(Y[:, p], axis=1)))
+            except ValueError:
+                continue
+        strided = np.repeat(x, 2)[::2] if case % 2 else x
+        got = _common.boot_slopes(strided, Y, picks)
+    assert got.shape == (len(ref),)
+    np.testing.assert_array_equal(_bits(got), _bits(ref))
+
+
+def test_slope_boot_draws_the_same_resamples_as_one_draw_per_resample():
+    # slope_boot draws every resample at once; numpy's Generator.integers gives the same
+    # stream as n_boot draws of S (checked here, since the CI depends on it).
+    a = np.random.default_rng(7)
+    b = np.random.default_rng(7)
+    loop = np.array([a.integers(0, 6, size=6) for _ in range(500)])
+    np.testing.assert_array_equal(b.integers(0, 6, size=(500, 6)), loop)
+    assert a.bit_generator.state == b.bit_generator.state
+    x = 2.0 ** np.arange(6)
+    Y = np.exp(np.random.default_rng(3).normal(size=(6, 6))) * x[:, None] ** 0.5
+    out = _common.slope_boot(x, Y, 0.5, 0.1, n_boot=400, seed=11)
+    rng = np.random.default_rng(11)
+    boots = [_common._slope(x, np.nanmean(Y[:, rng.integers(0, 6, size=6)], axis=1))
+             for _ in range(400)]
+    assert out["ci"] == np.percentile(boots, [2.5, 97.5]).tolist()
+    assert out["value"] == loglog_slope(x, Y.mean(axis=1)).slope
+
