@@ -317,3 +317,28 @@ def test_slope_boot_draws_the_same_resamples_as_one_draw_per_resample():
     assert out["ci"] == np.percentile(boots, [2.5, 97.5]).tolist()
     assert out["value"] == loglog_slope(x, Y.mean(axis=1)).slope
 
+
+def test_ctx_finals_match_run_and_skip_the_runs_already_seen(tmp_path, monkeypatch):
+    # Reference: final() of run_configs without any cache. Ctx.finals must give the same
+    # tuples (duplicates and a diverged run included), and run only what this process has
+    # not seen in the same cache folder.
+    from signaldrift import SimConfig
+    from signaldrift._sweep import run_configs
+
+    monkeypatch.setattr(_common, "_FINALS", {})
+    base = SimConfig(d=8, m=8, task_rank=2, rank=2, steps=6, record_every=6, optimizer="sgd")
+    cfgs = [base.replace(lr=lr, seed=s) for lr in (0.05, 1e4) for s in (0, 1)]
+    cfgs.append(cfgs[1])
+    ref = [_common.final(r) for r in run_configs(cfgs, cache_dir=None, progress=False)]
+    assert ref[2][1] == 1 and ref[0][1] == 0  # one diverged, one converged
+
+    ctx = _common.Ctx(tmp_path / "a", 1, False)
+    assert ctx.finals(cfgs) == ref
+    asked = []
+    real = _common.Ctx.run
+    monkeypatch.setattr(_common.Ctx, "run", lambda self, c: asked.append(list(c)) or real(self, c))
+    new = base.replace(lr=0.02)
+    again = _common.Ctx(tmp_path / "a", 1, False).finals([new, *cfgs])
+    assert asked == [[new]] and again[1:] == ref
+    assert _common.Ctx(tmp_path / "b", 1, False).finals(cfgs) == ref  # another folder: runs
+    assert len(asked[-1]) == 4

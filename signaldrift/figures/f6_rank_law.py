@@ -33,7 +33,7 @@ from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
 from .._analysis import (alpha_star_resamples, bracket_position, first_step_brackets,
                          fit_rank_law, optimal_alpha)
 from ._common import (draw_and_write, finish, ALPHA_STD, FONT, LOG_CI_METHOD, OPT_COLORS, Ctx, attr, base_config,
-                      check_mode, colors, diverged_strip, final, jsonable, legend_outside,
+                      check_mode, colors, diverged_strip, jsonable, legend_outside,
                       lr_std, mark_diverged, new_figure, pow2, rank_ticks, save_figure,
                       seed_loss, set_axes, write)
 
@@ -81,8 +81,8 @@ def alpha_star_sweep(mode: str, ctx: Ctx, *, optimizer: str, ranks, alphas, seed
                     cfgs.append(base_config(mode, rank=r, alpha=float(a), optimizer=optimizer,
                                             lr=float(lr), seed=sd, **extra))
                     index.append((r, a, sd))
-        for k, res in zip(index, ctx.run(cfgs)):
-            done[k] = final(res)
+        for k, fin in zip(index, ctx.finals(cfgs)):
+            done[k] = fin
         nxt = []
         for r in pending:
             g = grids[r]
