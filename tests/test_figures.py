@@ -342,3 +342,40 @@ def test_ctx_finals_match_run_and_skip_the_runs_already_seen(tmp_path, monkeypat
     assert asked == [[new]] and again[1:] == ref
     assert _common.Ctx(tmp_path / "b", 1, False).finals(cfgs) == ref  # another folder: runs
     assert len(asked[-1]) == 4
+
+
+def test_preload_drawing_leaves_nothing_for_drawing_children_to_import(tmp_path):
+    # Reference: the modules a fresh process imports to draw and write a figure (PNG, PDF,
+    # netCDF) with _common.write. After _preload_drawing, drawing imports none of the
+    # heavy ones (what each forked drawing child would otherwise import for itself).
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+import numpy as np, xarray as xr
+from pathlib import Path
+from signaldrift.figures import _common
+if sys.argv[1] == "preload":
+    _common._preload_drawing()
+before = set(sys.modules)
+fig, axes = _common.new_figure(1, 1)
+axes[0, 0].plot([1, 2, 4], [3, 1, 2], "o-", label="α = 1")
+_common.set_axes(axes[0, 0], xscale="log", yscale="log", title="t")
+_common.legend_outside(axes[0, 0], where="below")
+_common.finish(fig)
+ds = xr.Dataset({{"y": ("x", np.arange(3.0))}}, attrs={{"d": {{"a": 1}}, "b": True}})
+_common.write(ds, fig, Path({str(tmp_path)!r}), "f" + sys.argv[1])
+heavy = ("dask", "distributed", "fontTools", "PIL", "matplotlib.backends.backend_pdf")
+print(sorted(m for m in set(sys.modules) - before if m.startswith(heavy)))
+"""
+    def new_modules(arg):
+        out = subprocess.run([sys.executable, "-c", script, arg], capture_output=True,
+                             text=True, check=True)
+        return out.stdout.strip().splitlines()[-1]
+
+    assert "fontTools" in new_modules("plain")  # the reference imports them while drawing
+    assert new_modules("preload") == "[]"
+    assert (tmp_path / "fpreload.png").read_bytes() == (tmp_path / "fplain.png").read_bytes()
+    assert (tmp_path / "fpreload.pdf").read_bytes() == (tmp_path / "fplain.pdf").read_bytes()
+    assert (tmp_path / "fpreload.nc").read_bytes() == (tmp_path / "fplain.nc").read_bytes()
