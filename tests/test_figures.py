@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+import sys
 import warnings
 
 import numpy as np
@@ -379,3 +380,32 @@ print(sorted(m for m in set(sys.modules) - before if m.startswith(heavy)))
     assert (tmp_path / "fpreload.png").read_bytes() == (tmp_path / "fplain.png").read_bytes()
     assert (tmp_path / "fpreload.pdf").read_bytes() == (tmp_path / "fplain.pdf").read_bytes()
     assert (tmp_path / "fpreload.nc").read_bytes() == (tmp_path / "fplain.nc").read_bytes()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="background drawing: Linux")
+def test_background_drawing_keeps_two_children_and_writes_the_same_files(tmp_path):
+    # Reference: the same figures drawn and written in this process. In the background at
+    # most _MAX_BACKGROUND (2) children draw at once, and the files are the same bytes.
+    ds = xr.Dataset({"y": ("x", np.array([3.0, 1.0, 2.0]))}, attrs={"flag": True})
+
+    def plot(d):
+        fig, axes = _common.new_figure(1, 1)
+        axes[0, 0].plot([1, 2, 4], d["y"].values, "o-", label="y")
+        _common.legend_outside(axes[0, 0], where="below")
+        return _common.finish(fig)
+
+    bg, fg = tmp_path / "bg", tmp_path / "fg"
+    bg.mkdir()
+    fg.mkdir()
+    alive = []
+    with _common.background_drawing(True):
+        for i in range(4):
+            _common.draw_and_write(plot, ds, bg, f"f{i}")
+            alive.append(len(_common._BACKGROUND))
+    assert alive == [1, 2, 2, 2] and _common._BACKGROUND is None
+    for i in range(4):
+        _common.write(ds, plot(ds), fg, f"f{i}")
+    names = sorted(p.name for p in fg.iterdir())
+    assert names == sorted(p.name for p in bg.iterdir()) and len(names) == 12
+    for n in names:
+        assert (bg / n).read_bytes() == (fg / n).read_bytes(), n
