@@ -409,3 +409,25 @@ def test_background_drawing_keeps_two_children_and_writes_the_same_files(tmp_pat
     assert names == sorted(p.name for p in bg.iterdir()) and len(names) == 12
     for n in names:
         assert (bg / n).read_bytes() == (fg / n).read_bytes(), n
+
+
+def test_F5_predicted_stability_in_workers_is_the_loop_over_ranks():
+    # Reference: the loop predicted_stability ran before (μ of each in-domain rank in this
+    # process, then F1's closed form); with two forked workers, the same bits.
+    from signaldrift._derivations.init_sharpness import expected_lambda_max, in_domain
+    from signaldrift.figures import f5_rank_stability as f5
+
+    F = f5.settings("test")
+    ranks = [1, 2, 4, 64]  # 64 > d = 32: outside the domain, NaN
+    got = f5.predicted_stability("test", F["rules"], ranks, workers=2)
+    cfg = _common.base_config("test", task_seed=0, optimizer="sgd")
+    task = signaldrift.make_task(cfg)
+    g, eta, var = f5.g_task(task), _common.sgd_lr_std(task), 1.0 / (3.0 * cfg.d)
+    ref = np.full((len(F["rules"]), len(ranks)), np.nan)
+    for k, r in enumerate(ranks):
+        if in_domain(d=cfg.d, rank=r, beta=cfg.spectrum):
+            mu = expected_lambda_max(task.lam, r, var)
+            for j, (rule, spec) in enumerate(F["rules"].items()):
+                ref[j, k] = 0.5 * eta * float(f5.closed_form(f5.scale_of(rule, spec, r), mu, g))
+    assert np.isnan(ref[:, -1]).all() and np.isfinite(ref[:, :-1]).all()
+    np.testing.assert_array_equal(_bits(got), _bits(ref))
