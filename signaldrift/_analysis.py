@@ -24,6 +24,7 @@ __all__ = [
     "loglog_slope",
     "fit_power_law",
     "optimal_alpha",
+    "alpha_star_resamples",
     "optimisation_gap",
     "divergence_threshold",
     "first_step_slopes",
@@ -449,6 +450,46 @@ def optimal_alpha(alphas, final_loss, *, seed_axis: int | None = -1, n_boot: int
         index=int(order[i_sorted]) if finite else -1, at_edge=bool(edge[0]),
         refined=bool(refined[0]), min_loss=float(np.exp(mean[i_sorted])), mean_loss=mean_in_order,
         edge_fraction=edge_fraction, n_seeds=int(S), ci=ci)
+
+
+def alpha_star_resamples(alphas, final_loss, picks, *, seed_axis: int = -1,
+                         aggregate: str = "logmean") -> np.ndarray:
+    """α* of :func:`optimal_alpha` (``n_boot=0``) for each resample of the seeds at once.
+
+    Entry ``b`` is ``optimal_alpha(alphas, L_b, seed_axis=…, n_boot=0).alpha_star`` where
+    ``L_b`` holds the seeds ``picks[b]`` of ``final_loss`` (the same operations on the same
+    numbers, so the same bits): for a bootstrap of a statistic of α*, e.g. the seed noise of
+    log α*(r) in a rank law.
+
+    **Arguments:**
+    - `alphas`: (n_alpha,) positive, distinct (any order).
+    - `final_loss`: 2-D, seeds along ``seed_axis`` and α along the other.
+    - `picks`: (n_resamples, n_picked) indices of seeds (with repeats: a bootstrap).
+    - `aggregate`: as in :func:`optimal_alpha`.
+
+    **Returns:** (n_resamples,) α* (NaN where every α diverged).
+    """
+    al = _grid_axis(alphas, "alphas")
+    L = _as_losses(final_loss)
+    if L.ndim != 2:
+        raise ValueError(f"final_loss: must be 2-D (alpha and seeds), got shape {L.shape}")
+    L = np.moveaxis(L, seed_axis, -1)
+    if L.shape[0] != al.size:
+        raise ValueError(f"final_loss: has {L.shape[0]} values along α, expected {al.size}")
+    picks = np.asarray(picks, dtype=np.intp)
+    if picks.ndim != 2:
+        raise ValueError(f"picks: must be 2-D (resamples, seeds), got shape {picks.shape}")
+    if picks.shape[0] == 0:
+        return np.empty(0)
+    order = np.argsort(al)
+    u = np.log(al[order])
+    # C order, so that each resample's seeds are reduced as one contiguous row, exactly as
+    # optimal_alpha reduces its (contiguous) copy: numpy sums a contiguous row pairwise and
+    # a strided one in sequence, which differ in the last bit from 8 seeds on.
+    picked = np.ascontiguousarray(L[order][:, picks])  # (n_alpha, n, n_picked)
+    boot_mean = aggregate_seeds(picked, axis=2, how=aggregate)  # (n_alpha, n)
+    u_star, _, _, _ = _refine_min(u, boot_mean)
+    return np.exp(u_star)
 
 
 def _match(grid: np.ndarray, value: float, name: str) -> int:

@@ -8,6 +8,7 @@ from scipy import stats
 
 from signaldrift._analysis import (
     aggregate_seeds,
+    alpha_star_resamples,
     bracket_position,
     first_step_brackets,
     fit_rank_law,
@@ -165,6 +166,31 @@ def test_optimal_alpha_order_invariant(rng):
     b = optimal_alpha(alphas[perm], L[perm], n_boot=0)
     assert b.alpha_star == pytest.approx(a.alpha_star, rel=1e-12)
     assert alphas[perm][b.index] == alphas[a.index]
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # log of a negative mean ("mean")
+@pytest.mark.parametrize("how", ["logmean", "median", "mean"])
+@pytest.mark.parametrize("case", range(16))
+def test_alpha_star_resamples_is_optimal_alpha_per_resample_bit_for_bit(case, how):
+    # Reference: one optimal_alpha(n_boot=0) per resample (what F6's rank law looped over).
+    # Unsorted grids, seeds on either axis, diverged (inf/NaN) cells, minima at an edge or
+    # next to a diverged α, and every α diverged: the same bits, not merely close values.
+    r = np.random.default_rng(case)
+    n_a, S = int(r.integers(2, 16)), 1 + case % 13  # from 8 seeds numpy sums pairwise
+    alphas = r.permutation(np.geomspace(0.5, 0.5 * 2.0 ** (n_a - 1), n_a))
+    L = np.exp(r.normal(size=(n_a, S)) + 0.3 * np.log(alphas)[:, None] ** 2
+               - r.uniform(-2, 2) * np.log(alphas)[:, None])
+    if case % 3 == 1:
+        L[r.random(L.shape) < 0.2] = r.choice([np.inf, np.nan, -1.0])
+    if case == 11:
+        L[:] = np.inf  # every α diverged: NaN
+    picks = r.integers(0, S, size=(200, S))
+    ref = np.array([optimal_alpha(alphas, L[:, p], seed_axis=1, n_boot=0,
+                                  aggregate=how).alpha_star for p in picks])
+    axis, data = (0, L.T) if case % 2 else (1, L)
+    got = alpha_star_resamples(alphas, data, picks, seed_axis=axis, aggregate=how)
+    np.testing.assert_array_equal(got.view(np.int64), ref.view(np.int64))
+    assert alpha_star_resamples(alphas, L, picks[:0], seed_axis=1).shape == (0,)
 
 
 def test_optimal_alpha_at_edge(rng):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import struct
+import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -19,6 +21,7 @@ from matplotlib.text import Text
 
 import signaldrift
 from signaldrift import _plotting as P
+from signaldrift._analysis import loglog_slope
 from signaldrift._figures import FIGURES, resolve_names, run_figures, settings
 from signaldrift.figures import _common
 
@@ -258,3 +261,173 @@ def test_figures_scripts_import_script_main():
     for fid, (stem, _) in list(FIGURES.items())[:8]:
         text = (repo / "figures" / f"f{fid[1:]}_{stem}.py").read_text()
         assert f'script_main("{fid}"' in text
+
+
+# ----------------------------------------------------------------------------- statistics
+def _bits(a) -> np.ndarray:
+    return np.asarray(a, np.float64).view(np.int64)
+
+
+@pytest.mark.parametrize("case", range(40))
+def test_boot_slopes_is_the_loop_over_resamples_bit_for_bit(case):
+    # Reference: the straightforward loop slope_boot ran before (one _slope per resample;
+    # the resamples it rejects are left out). Random grids and seeds, NaN, zero, negative
+    # and infinite means, a bad or single distinct x, a strided x: the vectorised path must
+    # give the same bits, not merely close values.
+    rng = np.random.default_rng(case)
+    nx, S = int(rng.integers(1, 14)), 2 + case % 15  # from 8 seeds numpy sums pairwise
+    x = np.exp(3 * rng.normal(size=nx))
+    if case % 7 == 3:
+        x[0] = [0.0, -1.0, np.nan][case % 3]
+    if case % 11 == 5:
+        x[:] = x[0]  # one distinct x: every resample is rejected
+    Y = np.exp(rng.uniform(0.1, 4) * rng.normal(size=(nx, S))) * 10.0 ** rng.uniform(-6, 6)
+    if case % 3 == 1:
+        Y[rng.random((nx, S)) < 0.15] = np.nan
+    if case % 5 == 2:
+        Y[rng.random((nx, S)) < 0.1] = rng.choice([0.0, -2.0, np.inf])
+    picks = rng.integers(0, S, size=(300, S))
+    ref = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for p in picks:
+            try:
+                ref.append(_common._slope(x, np.nanmean(Y[:, p], axis=1)))
+            except ValueError:
+                continue
+        strided = np.repeat(x, 2)[::2] if case % 2 else x
+        got = _common.boot_slopes(strided, Y, picks)
+    assert got.shape == (len(ref),)
+    np.testing.assert_array_equal(_bits(got), _bits(ref))
+
+
+def test_slope_boot_draws_the_same_resamples_as_one_draw_per_resample():
+    # slope_boot draws every resample at once; numpy's Generator.integers gives the same
+    # stream as n_boot draws of S (checked here, since the CI depends on it).
+    a = np.random.default_rng(7)
+    b = np.random.default_rng(7)
+    loop = np.array([a.integers(0, 6, size=6) for _ in range(500)])
+    np.testing.assert_array_equal(b.integers(0, 6, size=(500, 6)), loop)
+    assert a.bit_generator.state == b.bit_generator.state
+    x = 2.0 ** np.arange(6)
+    Y = np.exp(np.random.default_rng(3).normal(size=(6, 6))) * x[:, None] ** 0.5
+    out = _common.slope_boot(x, Y, 0.5, 0.1, n_boot=400, seed=11)
+    rng = np.random.default_rng(11)
+    boots = [_common._slope(x, np.nanmean(Y[:, rng.integers(0, 6, size=6)], axis=1))
+             for _ in range(400)]
+    assert out["ci"] == np.percentile(boots, [2.5, 97.5]).tolist()
+    assert out["value"] == loglog_slope(x, Y.mean(axis=1)).slope
+
+
+def test_ctx_finals_match_run_and_skip_the_runs_already_seen(tmp_path, monkeypatch):
+    # Reference: final() of run_configs without any cache. Ctx.finals must give the same
+    # tuples (duplicates and a diverged run included), and run only what this process has
+    # not seen in the same cache folder.
+    from signaldrift import SimConfig
+    from signaldrift._sweep import run_configs
+
+    monkeypatch.setattr(_common, "_FINALS", {})
+    base = SimConfig(d=8, m=8, task_rank=2, rank=2, steps=6, record_every=6, optimizer="sgd")
+    cfgs = [base.replace(lr=lr, seed=s) for lr in (0.05, 1e4) for s in (0, 1)]
+    cfgs.append(cfgs[1])
+    ref = [_common.final(r) for r in run_configs(cfgs, cache_dir=None, progress=False)]
+    assert ref[2][1] == 1 and ref[0][1] == 0  # one diverged, one converged
+
+    ctx = _common.Ctx(tmp_path / "a", 1, False)
+    assert ctx.finals(cfgs) == ref
+    asked = []
+    real = _common.Ctx.run
+    monkeypatch.setattr(_common.Ctx, "run", lambda self, c: asked.append(list(c)) or real(self, c))
+    new = base.replace(lr=0.02)
+    again = _common.Ctx(tmp_path / "a", 1, False).finals([new, *cfgs])
+    assert asked == [[new]] and again[1:] == ref
+    assert _common.Ctx(tmp_path / "b", 1, False).finals(cfgs) == ref  # another folder: runs
+    assert len(asked[-1]) == 4
+
+
+def test_preload_drawing_leaves_nothing_for_drawing_children_to_import(tmp_path):
+    # Reference: the modules a fresh process imports to draw and write a figure (PNG, PDF,
+    # netCDF) with _common.write. After _preload_drawing, drawing imports none of the
+    # heavy ones (what each forked drawing child would otherwise import for itself).
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+import numpy as np, xarray as xr
+from pathlib import Path
+from signaldrift.figures import _common
+if sys.argv[1] == "preload":
+    _common._preload_drawing()
+before = set(sys.modules)
+fig, axes = _common.new_figure(1, 1)
+axes[0, 0].plot([1, 2, 4], [3, 1, 2], "o-", label="α = 1")
+_common.set_axes(axes[0, 0], xscale="log", yscale="log", title="t")
+_common.legend_outside(axes[0, 0], where="below")
+_common.finish(fig)
+ds = xr.Dataset({{"y": ("x", np.arange(3.0))}}, attrs={{"d": {{"a": 1}}, "b": True}})
+_common.write(ds, fig, Path({str(tmp_path)!r}), "f" + sys.argv[1])
+heavy = ("dask", "distributed", "fontTools", "PIL", "matplotlib.backends.backend_pdf")
+print(sorted(m for m in set(sys.modules) - before if m.startswith(heavy)))
+"""
+    def new_modules(arg):
+        out = subprocess.run([sys.executable, "-c", script, arg], capture_output=True,
+                             text=True, check=True)
+        return out.stdout.strip().splitlines()[-1]
+
+    assert "fontTools" in new_modules("plain")  # the reference imports them while drawing
+    assert new_modules("preload") == "[]"
+    assert (tmp_path / "fpreload.png").read_bytes() == (tmp_path / "fplain.png").read_bytes()
+    assert (tmp_path / "fpreload.pdf").read_bytes() == (tmp_path / "fplain.pdf").read_bytes()
+    assert (tmp_path / "fpreload.nc").read_bytes() == (tmp_path / "fplain.nc").read_bytes()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="background drawing: Linux")
+def test_background_drawing_keeps_two_children_and_writes_the_same_files(tmp_path):
+    # Reference: the same figures drawn and written in this process. In the background at
+    # most _MAX_BACKGROUND (2) children draw at once, and the files are the same bytes.
+    ds = xr.Dataset({"y": ("x", np.array([3.0, 1.0, 2.0]))}, attrs={"flag": True})
+
+    def plot(d):
+        fig, axes = _common.new_figure(1, 1)
+        axes[0, 0].plot([1, 2, 4], d["y"].values, "o-", label="y")
+        _common.legend_outside(axes[0, 0], where="below")
+        return _common.finish(fig)
+
+    bg, fg = tmp_path / "bg", tmp_path / "fg"
+    bg.mkdir()
+    fg.mkdir()
+    alive = []
+    with _common.background_drawing(True):
+        for i in range(4):
+            _common.draw_and_write(plot, ds, bg, f"f{i}")
+            alive.append(len(_common._BACKGROUND))
+    assert alive == [1, 2, 2, 2] and _common._BACKGROUND is None
+    for i in range(4):
+        _common.write(ds, plot(ds), fg, f"f{i}")
+    names = sorted(p.name for p in fg.iterdir())
+    assert names == sorted(p.name for p in bg.iterdir()) and len(names) == 12
+    for n in names:
+        assert (bg / n).read_bytes() == (fg / n).read_bytes(), n
+
+
+def test_F5_predicted_stability_in_workers_is_the_loop_over_ranks():
+    # Reference: the loop predicted_stability ran before (μ of each in-domain rank in this
+    # process, then F1's closed form); with two forked workers, the same bits.
+    from signaldrift._derivations.init_sharpness import expected_lambda_max, in_domain
+    from signaldrift.figures import f5_rank_stability as f5
+
+    F = f5.settings("test")
+    ranks = [1, 2, 4, 64]  # 64 > d = 32: outside the domain, NaN
+    got = f5.predicted_stability("test", F["rules"], ranks, workers=2)
+    cfg = _common.base_config("test", task_seed=0, optimizer="sgd")
+    task = signaldrift.make_task(cfg)
+    g, eta, var = f5.g_task(task), _common.sgd_lr_std(task), 1.0 / (3.0 * cfg.d)
+    ref = np.full((len(F["rules"]), len(ranks)), np.nan)
+    for k, r in enumerate(ranks):
+        if in_domain(d=cfg.d, rank=r, beta=cfg.spectrum):
+            mu = expected_lambda_max(task.lam, r, var)
+            for j, (rule, spec) in enumerate(F["rules"].items()):
+                ref[j, k] = 0.5 * eta * float(f5.closed_form(f5.scale_of(rule, spec, r), mu, g))
+    assert np.isnan(ref[:, -1]).all() and np.isfinite(ref[:, :-1]).all()
+    np.testing.assert_array_equal(_bits(got), _bits(ref))

@@ -28,7 +28,7 @@ from matplotlib.colors import ListedColormap, LogNorm
 from matplotlib.figure import Figure
 
 from .._analysis import aggregate_seeds
-from ._common import (draw_and_write, finish, ALPHA_STD, FONT, Ctx, attr, base_config, check_mode, final, jsonable,
+from ._common import (draw_and_write, finish, ALPHA_STD, FONT, Ctx, attr, base_config, check_mode, jsonable,
                       legend_outside, lr_std, new_figure, pow2, save_figure, set_axes, write)
 
 ID, STEM = "F4", "landscape"
@@ -89,8 +89,8 @@ def landscape(mode: str, ctx: Ctx) -> xr.Dataset:
                             cfgs.append(base_config(mode, rank=r, alpha=float(a), optimizer=o,
                                                     lr=float(std[o] * f), seed=sd))
                             index.append((o, a, f, sd))
-        for k, res in zip(index, ctx.run(cfgs)):
-            done[k] = final(res)
+        for k, fin in zip(index, ctx.finals(cfgs)):
+            done[k] = fin
         nxt = []
         for o in pending:
             al, lf = grids[o]

@@ -29,7 +29,7 @@ from .._derivations.init_sharpness import expected_lambda_max, in_domain
 from .._task import make_task
 from ._common import (draw_and_write, finish, ADAM_LR_STD, ALPHA_STD, CI_METHOD, FONT, LOG_CI_METHOD, RULE_COLORS, Ctx,
                       attr, base_config, check_mode, diverged_strip, final, geo_center,
-                      jsonable, legend_outside, lr_std, mark_diverged, gmean_ci, new_figure,
+                      jsonable, legend_outside, lr_std, mark_diverged, gmean_ci, new_figure, pmap,
                       rank_ticks, rec, ref_line, rule_changes, save_figure, seed_loss,
                       set_axes, sgd_lr_std, slope_boot, write)
 from .f1_spectral_suppression import closed_form, g_task
@@ -63,19 +63,27 @@ def scale_of(rule: str, spec: dict, r: int) -> float:
     return float(spec["scale"])
 
 
-def predicted_stability(mode: str, rules: dict, ranks) -> np.ndarray:
+def _expected_lambda_max(item) -> float:
+    lam, r, var = item
+    return expected_lambda_max(lam, r, var)
+
+
+def predicted_stability(mode: str, rules: dict, ranks, *, workers: int = 1) -> np.ndarray:
     """η_std·λ_max(H₀)/2 under SGD at the common task for each (rule, rank), with the derived
-    μ of F1 (NaN outside its domain). Above 1: GD at η_std is unstable at initialisation."""
+    μ of F1 (NaN outside its domain). Above 1: GD at η_std is unstable at initialisation.
+
+    μ takes 0.2–0.3 s per rank (a Newton continuation over 6000 points), so the ranks are
+    shared among ``workers`` forked processes (:func:`~._common.pmap`; the same numbers)."""
     cfg = base_config(mode, task_seed=0, optimizer="sgd")
     task = make_task(cfg)
     g = g_task(task)
     eta = sgd_lr_std(task)
     var = 1.0 / (3.0 * cfg.d)
     out = np.full((len(rules), len(ranks)), np.nan)
-    for k, r in enumerate(ranks):
-        if not in_domain(d=cfg.d, rank=r, beta=cfg.spectrum):
-            continue
-        mu = expected_lambda_max(task.lam, r, var)
+    ks = [k for k, r in enumerate(ranks) if in_domain(d=cfg.d, rank=r, beta=cfg.spectrum)]
+    mus = pmap(_expected_lambda_max, [(task.lam, ranks[k], var) for k in ks], workers)
+    for k, mu in zip(ks, mus):
+        r = ranks[k]
         for j, (rule, spec) in enumerate(rules.items()):
             out[j, k] = 0.5 * eta * float(closed_form(scale_of(rule, spec, r), mu, g))
     return out
@@ -107,7 +115,7 @@ def figure_F5(mode: str, out_dir, *, workers: int | None = None, progress: bool 
     dv = np.array([final(x)[1] for x in br], np.int8).reshape(*shp, len(sb))
     th = np.array([[[predicted_first_step_slopes(o, rule)[k] for k in ("progress", "update_norm")]
                     for rule in rules] for o in OPTIMIZERS])
-    stab = predicted_stability(mode, F["rules"], ranks)
+    stab = predicted_stability(mode, F["rules"], ranks, workers=ctx.workers)
     ds = xr.Dataset(
         {"progress1": (("optimizer", "rule", "rank", "seed"), prog),
          "signal1": (("optimizer", "rule", "rank", "seed"), sig),

@@ -30,9 +30,10 @@ import xarray as xr
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
 
-from .._analysis import (bracket_position, first_step_brackets, fit_rank_law, optimal_alpha)
+from .._analysis import (alpha_star_resamples, bracket_position, first_step_brackets,
+                         fit_rank_law, optimal_alpha)
 from ._common import (draw_and_write, finish, ALPHA_STD, FONT, LOG_CI_METHOD, OPT_COLORS, Ctx, attr, base_config,
-                      check_mode, colors, diverged_strip, final, jsonable, legend_outside,
+                      check_mode, colors, diverged_strip, jsonable, legend_outside,
                       lr_std, mark_diverged, new_figure, pow2, rank_ticks, save_figure,
                       seed_loss, set_axes, write)
 
@@ -80,8 +81,8 @@ def alpha_star_sweep(mode: str, ctx: Ctx, *, optimizer: str, ranks, alphas, seed
                     cfgs.append(base_config(mode, rank=r, alpha=float(a), optimizer=optimizer,
                                             lr=float(lr), seed=sd, **extra))
                     index.append((r, a, sd))
-        for k, res in zip(index, ctx.run(cfgs)):
-            done[k] = final(res)
+        for k, fin in zip(index, ctx.finals(cfgs)):
+            done[k] = fin
         nxt = []
         for r in pending:
             g = grids[r]
@@ -111,11 +112,11 @@ def rank_law(per_rank: dict, ranks, *, n_boot: int, seed: int = 12345) -> dict[s
     edge = np.array([rows[r].at_edge for r in ranks])
     rng = np.random.default_rng(seed)
     boot = np.full((n_boot, len(ranks)), np.nan)
-    for b in range(n_boot):
-        pick = rng.integers(0, nS, size=nS)
-        for k, r in enumerate(ranks):
-            g, fl, _ = per_rank[r]
-            boot[b, k] = optimal_alpha(g, fl[:, pick], seed_axis=1, n_boot=0).alpha_star
+    # One draw of every resample (the same stream as n_boot draws of nS), shared by the ranks.
+    picks = rng.integers(0, nS, size=(n_boot, nS))
+    for k, r in enumerate(ranks):
+        g, fl, _ = per_rank[r]
+        boot[:, k] = alpha_star_resamples(g, fl, picks, seed_axis=1)
     with np.errstate(invalid="ignore"):
         lb = np.log(boot)
     var_log = np.nanvar(lb, axis=0, ddof=1) if nS > 1 else np.full(len(ranks), np.nan)

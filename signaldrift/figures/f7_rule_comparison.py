@@ -19,7 +19,7 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 from ._common import (draw_and_write, finish, ALPHA_STD, FONT, LOG_CI_METHOD, RULE_COLORS, Ctx, attr, base_config,
-                      check_mode, diverged_strip, final, jsonable, legend_outside, lr_std,
+                      check_mode, diverged_strip, jsonable, legend_outside, lr_std,
                       mark_diverged, new_figure, pow2, rank_ticks, rule_changes, save_figure,
                       seed_loss, set_axes, write)
 
@@ -53,10 +53,10 @@ def figure_F7(mode: str, out_dir, *, workers: int | None = None, progress: bool 
     cfgs = [base_config(mode, optimizer=o, lr=float(ref[o] * f), rank=r, seed=sd,
                         **rule_changes(rule, F["rules"][rule]))
             for o in OPTIMIZERS for rule in rules for r in ranks for f in facs for sd in seeds]
-    res = ctx.run(cfgs)
+    fin = ctx.finals(cfgs)  # some are landscape cells and F5's budget runs, already run
     shp = (len(OPTIMIZERS), len(rules), len(ranks), len(facs), len(seeds))
-    fl = np.array([final(x)[0] for x in res]).reshape(shp)
-    dv = np.array([final(x)[1] for x in res], np.int8).reshape(shp)
+    fl = np.array([f[0] for f in fin]).reshape(shp)
+    dv = np.array([f[1] for f in fin], np.int8).reshape(shp)
     rs = "; ".join(f"{k}: " + ", ".join(f"{a}={v:g}" for a, v in F["rules"][k].items()) for k in rules)
     ds = xr.Dataset(
         {"final_loss": (("optimizer", "rule", "rank", "lr_factor", "seed"), fl),
