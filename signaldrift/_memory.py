@@ -22,8 +22,8 @@ What is counted (P = r·(d + m), the size of one pair of LoRA factors; k = task 
   step's n·(d + m) if larger) and the per-step residuals n·(m + r + k);
 - a fixed training set (``train_size`` N): N·(2d + m + k) (inputs in both bases, noise,
   their projection on V);
-- sharpness (``sharpness_steps``): Lanczos vectors and the Hessian operator's
-  work arrays, 36·P;
+- sharpness (``sharpness_steps``): Lanczos vectors (at most 120, full
+  reorthogonalisation) and the Hessian operator's work arrays, 136·P;
 - snapshots (``snapshot_steps``): one A and one B per snapshot;
 - records: 13 per-step series of steps/record_every floats, and the learning rates;
 - the ``reduced`` engine holds no d- or m-sized array: (r + k)² work arrays and the
@@ -31,8 +31,8 @@ What is counted (P = r·(d + m), the size of one pair of LoRA factors; k = task 
 
 The coefficients were measured (the rise of the peak resident memory during a run) and
 rounded up: LoRA runs of the block kernels (d = 2·10⁵, m = 10⁵, r = 8 and 16, population
-and minibatch, eigen and random bases) peak at 11–13·P beside the task and the basis, 31·P
-more with sharpness; full fine-tuning at d = m = 1500 and 3000 at 8–9·m·d.
+and minibatch, eigen and random bases) peak at 11–13·P beside the task and the basis, about
+60·P more with sharpness (d = m = 40000: Lanczos converged in ~50 steps; 120 is its cap); full fine-tuning at d = m = 1500 and 3000 at 8–9·m·d.
 ``tests/test_paths_memory.py`` checks that the estimate bounds the measured peak within 4×.
 """
 
@@ -106,7 +106,9 @@ def estimate_bytes(config: Any) -> int:
         P = r * (d + m)
         floats += 16 * P + r * d
         if config.sharpness_steps:
-            floats += 36 * P
+            # Lanczos's basis: up to _sharpness._LANCZOS_KMAX = 120 vectors of P floats
+            # (the pages of the vectors it uses), and the operator's work arrays.
+            floats += 136 * P
     if n > 0:
         floats += max(_CHUNK_FLOATS, n * (d + m)) + 3 * n * m + n * (r + k)
         if config.model == "full":

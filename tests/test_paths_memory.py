@@ -20,6 +20,7 @@ import pytest
 
 import signaldrift
 from signaldrift import ConfigError, SimConfig
+from signaldrift._sharpness import _LANCZOS_KMAX
 from signaldrift._memory import (
     DEFAULT_LIMIT_GB,
     LIMIT_ENV,
@@ -211,9 +212,10 @@ def test_estimate_scales_as_documented():
         16 * P + 8 * 100000) * 8
     full = SimConfig(model="full", d=3000, m=2000, steps=10, **kw)
     assert estimate_bytes(full) == pytest.approx(12 * 3000 * 2000 * 8, rel=0.01)
-    # Sharpness adds the Lanczos vectors: 36 P.
+    # Sharpness adds the Lanczos vectors (at most _sharpness._LANCZOS_KMAX = 120) and the
+    # operator's work arrays: 136 P.
     sharp = lora.replace(sharpness_steps=(5,))
-    assert estimate_bytes(sharp) - estimate_bytes(lora) == 36 * P * 8
+    assert estimate_bytes(sharp) - estimate_bytes(lora) == (_LANCZOS_KMAX + 16) * P * 8
     # A sweep: the `workers` largest runs at once, plus every result kept.
     configs = [lora.replace(seed=s) for s in range(4)]
     one = estimate_sweep_bytes(configs[:1], 1)
