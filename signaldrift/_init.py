@@ -9,9 +9,9 @@ explicitly with ``simulate(config, A0=..., B0=...)``.
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
-from scipy.sparse.linalg import LinearOperator, svds
 
 from ._config import SimConfig
 from ._seeding import rng_for
@@ -57,6 +57,41 @@ def init_adapter(config: SimConfig, task=None, train: dict | None = None
     """
     r = config.rank if config.model == "lora" else 0
     d, m = config.d, config.m
+    if config.init != "lora-one":
+        # A function of these settings alone; a sweep over lr or α draws it once per seed.
+        key = (int(config.seed), config.init, d, m, r, float(config.effective_init_std))
+        drawn = _DRAWN.get(key)
+        if drawn is None:
+            drawn = _random_init(config, r, d, m)
+            if r * (d + m) <= _DRAWN_MAX_FLOATS:
+                with _DRAWN_LOCK:
+                    if len(_DRAWN) >= _DRAWN_SIZE:
+                        _DRAWN.pop(next(iter(_DRAWN)))
+                    _DRAWN[key] = drawn
+        return drawn[0].copy(), drawn[1].copy()
+    rng = rng_for(config.seed, "init")
+    if task is None:
+        from ._task import make_task
+
+        task = make_task(config)
+    Ur, S, Vr_eig = neg_initial_gradient_svd(task, r, train)
+    root = np.sqrt(S / float(config.init_gamma))
+    B0 = Ur * root[None, :]
+    A0 = task.basis.to_features(root[:, None] * Vr_eig.T)
+    return (np.ascontiguousarray(A0, dtype=np.float64),
+            np.ascontiguousarray(B0, dtype=np.float64))
+
+
+# Random initial factors drawn in this process, by their settings (bounded: small ones only).
+_DRAWN: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+_DRAWN_SIZE = 64
+_DRAWN_LOCK = threading.Lock()
+_DRAWN_MAX_FLOATS = 1 << 16
+
+
+def _random_init(config: SimConfig, r: int, d: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """``peft``, ``gaussian`` or ``gaussian-b`` factors from the stream
+    ``(config.seed, "init")`` (see :func:`init_adapter`)."""
     rng = rng_for(config.seed, "init")
     B0 = np.zeros((m, r), dtype=np.float64)
     if config.init == "peft":
@@ -64,18 +99,9 @@ def init_adapter(config: SimConfig, task=None, train: dict | None = None
         A0 = rng.uniform(-bound, bound, size=(r, d))
     elif config.init == "gaussian":
         A0 = rng.normal(0.0, config.effective_init_std, size=(r, d))
-    elif config.init == "gaussian-b":
+    else:  # gaussian-b
         A0 = np.zeros((r, d))
         B0 = rng.normal(0.0, config.effective_init_std, size=(m, r))
-    else:  # lora-one
-        if task is None:
-            from ._task import make_task
-
-            task = make_task(config)
-        Ur, S, Vr_eig = neg_initial_gradient_svd(task, r, train)
-        root = np.sqrt(S / float(config.init_gamma))
-        B0 = Ur * root[None, :]
-        A0 = task.basis.to_features(root[:, None] * Vr_eig.T)
     return (np.ascontiguousarray(A0, dtype=np.float64),
             np.ascontiguousarray(B0, dtype=np.float64))
 
@@ -105,6 +131,8 @@ def neg_initial_gradient_svd(task, r: int, train: dict | None = None):
             Uall, S, Vt = np.linalg.svd(Y.T @ X / n, full_matrices=False)
             Vall = Vt.T
         else:
+            from scipy.sparse.linalg import LinearOperator, svds  # 0.1 s to import: here
+
             op = LinearOperator((m, d), dtype=np.float64,
                                 matvec=lambda v: Y.T @ (X @ v) / n,
                                 rmatvec=lambda u: X.T @ (Y @ u) / n)

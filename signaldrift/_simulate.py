@@ -229,11 +229,21 @@ def simulate_block(configs: Sequence[SimConfig], *, tasks=None, A0s=None, B0s=No
     def stack(fn, dtype=np.float64):
         return np.ascontiguousarray(np.stack([fn(p) for p in prep]), dtype=dtype)
 
+    # A sweep's block shares a few tasks: stack each task's arrays once and index.
+    task_of: dict[int, int] = {}
+    task_index = np.array([task_of.setdefault(id(p["task"]), len(task_of)) for p in prep],
+                          dtype=np.int64)
+    tasks_once = list({id(p["task"]): p["task"] for p in prep}.values())
+
+    def stack_task(fn, dtype=np.float64):
+        return np.ascontiguousarray(np.stack([fn(t) for t in tasks_once]),
+                                    dtype=dtype)[task_index]
+
     def col(name, fn=None):
         return np.array([getattr(p["config"], name) if fn is None else fn(p["config"])
                          for p in prep], dtype=np.float64)
 
-    lam = stack(lambda p: p["task"].lam)
+    lam = stack_task(lambda t: t.lam)
     lrs = stack(lambda p: p["lrs"])
     key_x = np.array([stream_key(c.seed, "inputs") for c in configs], dtype=np.uint64)
     key_e = np.array([stream_key(c.seed, "noise") for c in configs], dtype=np.uint64)
@@ -241,9 +251,9 @@ def simulate_block(configs: Sequence[SimConfig], *, tasks=None, A0s=None, B0s=No
     noise = col("noise")
     Xtr = stack(lambda p: p["train"]["X"])
     Ntr = stack(lambda p: p["train"]["noise"])
-    pairs = stack(lambda p: p["task"].basis.pairs, np.int64)
-    cs = stack(lambda p: p["task"].basis.cs)
-    Q = stack(lambda p: p["task"].basis.Q)
+    pairs = stack_task(lambda t: t.basis.pairs, np.int64)
+    cs = stack_task(lambda t: t.basis.cs)
+    Q = stack_task(lambda t: t.basis.Q)
     opt = _OPT_CODES[c0.optimizer]
     momentum, beta1, beta2 = col("momentum"), col("beta1"), col("beta2")
     eps, wd, bound = col("eps"), col("weight_decay"), col("divergence_bound")
@@ -251,16 +261,14 @@ def simulate_block(configs: Sequence[SimConfig], *, tasks=None, A0s=None, B0s=No
             stop)
     if full:
         state = (np.zeros((C, c0.m, c0.d)),)
-        Dstar = stack(lambda p: p["task"].delta_star(features=False))
+        Dstar = stack_task(lambda t: t.delta_star(features=False))
     else:
-        by_task: dict[int, tuple] = {}  # a sweep's block shares a few tasks
-        consts = [by_task[id(p["task"])] if id(p["task"]) in by_task else
-                  by_task.setdefault(id(p["task"]), _task_constants(p["task"])) for p in prep]
-        Sg = np.ascontiguousarray(np.stack([k[0] for k in consts]))
-        VtS = np.ascontiguousarray(np.stack([k[1] for k in consts]))
-        c_loss = np.array([k[2] for k in consts])
-        U, V = stack(lambda p: p["task"].U), stack(lambda p: p["task"].V)
-        sig = stack(lambda p: p["task"].sigma_star)
+        consts = [_task_constants(t) for t in tasks_once]
+        Sg = np.ascontiguousarray(np.stack([k[0] for k in consts]))[task_index]
+        VtS = np.ascontiguousarray(np.stack([k[1] for k in consts]))[task_index]
+        c_loss = np.array([k[2] for k in consts])[task_index]
+        U, V = stack_task(lambda t: t.U), stack_task(lambda t: t.V)
+        sig = stack_task(lambda t: t.sigma_star)
         XVtr = np.ascontiguousarray(np.einsum("cnd,cdk->cnk", Xtr, V))
         s_arr = np.array([p["s"] for p in prep])
         state = (stack(lambda p: p["task"].basis.to_eigen(p["A0"])),
