@@ -69,7 +69,6 @@ def init_adapter(config: SimConfig, task=None, train: dict | None = None
                         _DRAWN.pop(next(iter(_DRAWN)))
                     _DRAWN[key] = drawn
         return drawn[0].copy(), drawn[1].copy()
-    rng = rng_for(config.seed, "init")
     if task is None:
         from ._task import make_task
 

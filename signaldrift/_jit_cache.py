@@ -3,11 +3,11 @@
 Numba's ``cache=True`` keys a function's cached machine code on its own source file only:
 when ``_rng.py`` changes, the cached ``_kernels.lora_run`` (which inlined the old sampler)
 is still loaded. :func:`purge_stale` stores a fingerprint of the source files that can
-reach compiled code (:func:`compiled_sources`) next to the cache (``__pycache__/signaldrift-jit.stamp``) and, when the fingerprint
-differs, deletes the package's ``*.nbi``/``*.nbc`` files before any kernel is loaded, so
-that every kernel compiles from the current sources. A pip upgrade rewrites every file
-anyway; this guards editable installs and checkouts (a ``git pull``, a branch switch, an
-edit). With ``NUMBA_CACHE_DIR`` set, Numba caches elsewhere and nothing is done here.
+reach compiled code (:func:`compiled_sources`) next to the cache
+(``__pycache__/signaldrift-jit.stamp``) and, when the fingerprint differs, deletes the
+package's ``*.nbi``/``*.nbc`` files before any kernel is loaded, so that every kernel
+compiles from the current sources. A pip upgrade rewrites every file anyway; this guards
+editable installs and checkouts (a ``git pull``, a branch switch, an edit). With ``NUMBA_CACHE_DIR`` set, Numba caches elsewhere and nothing is done here.
 """
 
 from __future__ import annotations
