@@ -7,7 +7,8 @@ reach compiled code (:func:`compiled_sources`) next to the cache
 (``__pycache__/signaldrift-jit.stamp``) and, when the fingerprint differs, deletes the
 package's ``*.nbi``/``*.nbc`` files before any kernel is loaded, so that every kernel
 compiles from the current sources. A pip upgrade rewrites every file anyway; this guards
-editable installs and checkouts (a ``git pull``, a branch switch, an edit). With ``NUMBA_CACHE_DIR`` set, Numba caches elsewhere and nothing is done here.
+editable installs and checkouts (a ``git pull``, a branch switch, an edit). With
+``NUMBA_CACHE_DIR`` set, Numba caches elsewhere and nothing is done here.
 """
 
 from __future__ import annotations
