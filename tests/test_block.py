@@ -70,3 +70,33 @@ def test_block_refuses_mixed_shapes():
     a = BASES["adam-population"]
     with pytest.raises(sd.ConfigError, match="block"):
         simulate_block([a, a.replace(d=40)])
+
+
+@pytest.mark.parametrize("batch, steps", [(8, 40), (600, 9)])
+def test_shared_minibatch_streams_give_each_run_its_own_bits(batch, steps):
+    # Configurations of one seed read the same sample streams, and the block kernel draws
+    # their normals once per chunk of steps for all of them (lora_block). Each must still
+    # equal its run alone, whatever the other members of its group do: different lr, α,
+    # noise (one group mixes σ = 0 and σ > 0), tasks, a run that diverges mid-chunk, and
+    # thread counts. With batch = 600 at d = 48 a chunk holds
+    # ⌊SHARED_SAMPLE_DOUBLES / (600·48)⌋ = 2 steps, so runs cross chunk boundaries.
+    from signaldrift._kernels import SHARED_SAMPLE_DOUBLES
+
+    base = sd.SimConfig(d=48, m=40, rank=4, task_rank=3, spectrum=1.0, steps=steps,
+                        optimizer="adam", lr=1e-2, batch=batch, record_every=3)
+    if batch == 600:
+        assert SHARED_SAMPLE_DOUBLES // (batch * base.d) == 2
+    configs = []
+    for seed in (0, 1):
+        configs += [base.replace(seed=seed),
+                    base.replace(seed=seed, lr=3e-3, alpha=64.0),
+                    base.replace(seed=seed, noise=0.1),
+                    base.replace(seed=seed, spectrum=0.5, decay=0.1),
+                    base.replace(seed=seed, lr=30.0, divergence_bound=50.0)]
+    configs = configs[::2] + configs[1::2]  # the same seeds far apart in the block
+    alone = [sd.simulate(c) for c in configs]
+    assert any(r.diverged for r in alone) and not all(r.diverged for r in alone)
+    assert any(0 < r.diverged_step < steps - 1 for r in alone)
+    for threads in (1, 2, 3):
+        for a, b in zip(alone, simulate_block(configs, threads=threads)):
+            _same(a, b)

@@ -156,9 +156,11 @@ def test_subspace_overlap_from_the_r_factor(case):
         assert got == 0.0
 
 
-def _adam_numpy(p, g, m, v, t, lr, beta1, beta2, eps, wd, adamw):
+def _adam_numpy(p, g, m, v, t, lr, beta1, beta2, eps, wd, adamw, torch_division=False):
     """torch.optim.Adam/AdamW's single-tensor update as NumPy array expressions, in torch's
-    order (lerp_, mul_.addcmul_, sqrt/bias_correction2_sqrt + eps, addcdiv_)."""
+    order (lerp_, mul_.addcmul_, sqrt/bias_correction2_sqrt + eps, addcdiv_). The kernel
+    multiplies √v by 1/√bc₂ where torch divides by √bc₂ (``torch_division=True``: torch's
+    exact form)."""
     p, g, m, v = p.copy(), g.copy(), m.copy(), v.copy()
     if adamw:
         p = p * (1.0 - lr * wd)
@@ -167,7 +169,8 @@ def _adam_numpy(p, g, m, v, t, lr, beta1, beta2, eps, wd, adamw):
     m = m + (1.0 - beta1) * (g - m)
     v = beta2 * v + (1.0 - beta2) * g * g
     bc1, bc2 = 1.0 - beta1 ** (t + 1), 1.0 - beta2 ** (t + 1)
-    return p - lr / bc1 * (m / (np.sqrt(v) / np.sqrt(bc2) + eps)), m, v
+    root = np.sqrt(v) / np.sqrt(bc2) if torch_division else np.sqrt(v) * (1.0 / np.sqrt(bc2))
+    return p - lr / bc1 * (m / (root + eps)), m, v
 
 
 @pytest.mark.parametrize("opt", [K.OPT_ADAM, K.OPT_ADAMW])
@@ -185,6 +188,22 @@ def test_fused_adam_is_bit_identical_to_the_array_form(opt, wd):
                          0, *no_rot)
         for got, exp in zip((p, m, v), want):
             np.testing.assert_array_equal(got, exp)
+
+
+def test_fused_adam_is_within_an_ulp_of_torchs_division():
+    # The kernel's only departure from torch's Adam: √v·(1/√bc₂) for √v/√bc₂. Each is
+    # correctly rounded from the same exact value up to the reciprocal's own rounding, so
+    # the denominators differ by at most 2 ulp and one update by a few ulp of itself.
+    rng = np.random.default_rng(7)
+    p, m, v = rng.standard_normal((4, 33)), rng.standard_normal((4, 33)), rng.random((4, 33))
+    g = rng.standard_normal((4, 33))
+    for t in (0, 3, 100):
+        ours = _adam_numpy(p, g, m, v, t, 3e-3, 0.9, 0.999, 1e-8, 0.0, False)[0]
+        torch_form = _adam_numpy(p, g, m, v, t, 3e-3, 0.9, 0.999, 1e-8, 0.0, False,
+                                 torch_division=True)[0]
+        step_ours, step_torch = p - ours, p - torch_form
+        np.testing.assert_allclose(step_ours, step_torch, rtol=4 * np.finfo(float).eps,
+                                   atol=0)
 
 
 @pytest.mark.parametrize("nesterov", [False, True])

@@ -174,6 +174,7 @@ def test_zero_learning_rate_changes_nothing():
         no_set = (np.zeros((0, cfg.d)), np.zeros((0, task.k)), np.zeros((0, cfg.m)))
         lora_run(0, 30, A, B, *bufs, 2.0, task.lam, task.U, task.V, task.sigma_star, Sg,
                  VtS, c_loss, np.zeros(30), 1.0, batch, *keys, 0.1, *no_set, keys[0],
+                 np.zeros((0, 0, 0)), np.zeros((0, 0, 0)),
                  opt_code, 0.9, False, 0.9, 0.999, 1e-8, 1e-8, 0.1,
                  *task.basis.kernel_args(), 1, 1e6, loss, np.zeros(0), rec)
         assert np.array_equal(A, A_start) and np.array_equal(B, B_start)
