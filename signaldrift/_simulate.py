@@ -276,6 +276,13 @@ def simulate_block(configs: Sequence[SimConfig], *, tasks=None, A0s=None, B0s=No
     bufs = tuple(np.zeros_like(x) for x in state)
     sqs = tuple(np.zeros_like(x) for x in state)
 
+    # The LoRA kernel draws fresh minibatches once for the configurations of one stream
+    # (seed) that a thread runs together: give each thread's chunk configurations of
+    # the same seed (a stable sort keeps the caller's order otherwise).
+    order = None
+    if not full and c0.batch > 0 and not has_train:
+        order = np.argsort(key_x, kind="stable")
+
     snap_steps = np.array(sorted(c0.snapshot_steps), dtype=np.int64)
     r = 0 if full else c0.rank
     snaps = [{"step": snap_steps, "A": np.full((snap_steps.size, r, c0.d), np.nan),
@@ -309,7 +316,7 @@ def simulate_block(configs: Sequence[SimConfig], *, tasks=None, A0s=None, B0s=No
                     key_x, key_e, noise, Xtr, XVtr, Ntr, key_ep, opt, momentum,
                     bool(c0.nesterov), beta1, beta2, eps, full_eps_b, wd, *tail,
                     b == c0.steps, final_loss)
-        _advance(full_block if full else lora_block, args, C, threads)
+        _advance(full_block if full else lora_block, args, C, threads, order)
         if measure:
             j = int(np.flatnonzero(sharp_steps == a)[0])
             for c, p in enumerate(prep):
@@ -376,19 +383,22 @@ def simulate_block(configs: Sequence[SimConfig], *, tasks=None, A0s=None, B0s=No
     return results
 
 
-def _advance(kernel, args: tuple, C: int, threads: int) -> None:
+def _advance(kernel, args: tuple, C: int, threads: int,
+             order: np.ndarray | None = None) -> None:
     """One segment of the block kernel for all C configurations: in this thread, or
-    spread over ``threads`` threads in chunks of a few configurations taken in turn (the
-    kernels release the GIL; each configuration's arithmetic is the same either way, so
-    the results do not depend on the chunks)."""
+    spread over ``threads`` threads in chunks of a few consecutive configurations of
+    ``order`` (default: 0…C−1) taken in turn (the kernels release the GIL; each
+    configuration's arithmetic is the same either way, so the results do not depend on
+    the chunks)."""
     threads = max(1, min(int(threads), C))
+    order = np.arange(C, dtype=np.int64) if order is None else np.asarray(order, np.int64)
     if threads == 1:
-        kernel(np.arange(C, dtype=np.int64), *args)
+        kernel(order, *args)
         return
     # Chunks of ~C/(4·threads) configurations: few kernel calls (each call types ~50
     # arguments), yet runs that diverge early still balance over the threads.
     size = max(1, C // (4 * threads))
-    chunks = [np.arange(a, min(a + size, C), dtype=np.int64) for a in range(0, C, size)]
+    chunks = [np.ascontiguousarray(order[a:a + size]) for a in range(0, C, size)]
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
