@@ -387,6 +387,30 @@ def _population_grams(A, B, lam, H, F, P, Gm):
     np.dot(F.T, B, Gm)
 
 
+@njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
+def _loss_surely_within(s, A, B, lam, c_loss, bound):
+    """Whether the population loss at (A, B) is certainly finite and ≤ ``bound``, from
+    the bound ``L = ½‖(sBA − Δ⋆)Σ^½‖² ≤ U = ½(s‖B‖·‖AΣ^½‖ + ‖Δ⋆Σ^½‖)²`` (the triangle
+    inequality and ‖XY‖ ≤ ‖X‖‖Y‖, Frobenius norms; ``c_loss = ‖Δ⋆Σ^½‖²``), which costs
+    O((m + d)·r) where the exact trace form (:func:`_trace_loss`) needs two GEMMs.
+
+    True only when U ≤ 10⁻⁶ below ``bound`` (and ≤ 1e300): the trace form's rounding and
+    that of U's own sums (reassociated here: U is a bound, its bits matter to nothing)
+    are far smaller, so :func:`_trace_loss` would then pass the divergence check too and
+    skipping it changes no result. A NaN or infinity in A or B makes U NaN or infinite:
+    False."""
+    nb = 0.0
+    for x in B.reshape(-1):
+        nb += x * x
+    r, d = A.shape
+    na = 0.0
+    for i in range(r):
+        for j in range(d):
+            na += A[i, j] * A[i, j] * lam[j]
+    u = 0.5 * (s * np.sqrt(nb) * np.sqrt(na) + np.sqrt(c_loss)) ** 2
+    return np.isfinite(u) and u <= min(bound * (1.0 - 1e-6), 1e300)
+
+
 @njit(cache=True, error_model="numpy")
 def _trace_loss(s, P, Gm, sig, c_loss, r):
     """``L = ½s²tr(AΣAᵀ·BᵀB) − s·tr(diag σ⋆·UᵀB·(VᵀΣAᵀ)ᵀ) + ½c`` from ``P`` and ``Gm``
@@ -469,6 +493,10 @@ def lora_run(t0, t1, A, B, bufA, bufB, sqA, sqB,
     A step costs four thin GEMMs on stacked factors (:func:`_population_grams`,
     :func:`_population_grads`; with minibatches :func:`_batch_grads`) and two fused
     optimiser passes (:func:`optimizer_step`); every buffer is allocated once per call.
+    Each step first checks the population loss against ``bound`` (the trace form); with
+    sampled gradients, whose step does not need the Gram products, a cheap upper bound
+    (:func:`_loss_surely_within`) stands in for them where it already decides the check,
+    except at recorded steps.
 
     Args:
         t0, t1: global step range.
@@ -528,14 +556,21 @@ def lora_run(t0, t1, A, B, bufA, bufB, sqA, sqB,
     A_old = np.empty((r, d))
     B_old = np.empty((m, r))
     for t in range(t0, t1):
-        _population_grams(A, B, lam, H, F, P, Gm)
-        L = _trace_loss(s, P, Gm, sig, c_loss, r)
         record = t % record_every == 0
         i = t // record_every
-        if not (np.isfinite(L) and L <= bound):
-            if record:
-                loss[i] = L
-            return STATUS_DIVERGED, t
+        if nb > 0 and not record and _loss_surely_within(s, A, B, lam, c_loss, bound):
+            # Sampled gradients need only F = [B, U]; the Gram products served the
+            # divergence check alone, which the cheap bound has passed.
+            for a in range(m):
+                for j in range(r):
+                    F[a, j] = B[a, j]
+        else:
+            _population_grams(A, B, lam, H, F, P, Gm)
+            L = _trace_loss(s, P, Gm, sig, c_loss, r)
+            if not (np.isfinite(L) and L <= bound):
+                if record:
+                    loss[i] = L
+                return STATUS_DIVERGED, t
         if minibatch:
             if predrawn:
                 draw_minibatch(t, key_x, key_e, key_ep, sqrt_lam, noise, Xtr, Ntr, perm, idx,

@@ -12,6 +12,7 @@ code → kernel is checked link by link.
 import numpy as np
 import pytest
 
+import signaldrift as sd
 from signaldrift import _kernels as K
 from signaldrift._generated import factorised as gen
 
@@ -223,3 +224,51 @@ def test_fused_sgd_is_bit_identical_to_the_array_form(nesterov):
                          1e-8, 0.01, 0, *no_rot)
         np.testing.assert_array_equal(p, p_ref)
         np.testing.assert_array_equal(buf, buf_ref)
+
+
+def test_cheap_loss_bound_never_passes_a_loss_above_the_bound():
+    # _loss_surely_within(…) = True must imply the exact loss ½‖(sBA − Δ⋆)Σ^½‖² ≤ bound
+    # (it stands in for the trace-form check on steps whose gradient is sampled). Checked
+    # against the dense loss with bounds just below, at and above it, and far above the
+    # bound U = ½(s‖B‖‖AΣ^½‖ + ‖Δ⋆Σ^½‖)², where it must pass (else it saves nothing).
+    rng = np.random.default_rng(11)
+    for trial in range(200):
+        d, m, r, k = rng.integers(2, 40), rng.integers(2, 40), rng.integers(1, 6), rng.integers(1, 6)
+        lam = rng.random(d) * 3
+        A, B = rng.standard_normal((r, d)), rng.standard_normal((m, r)) * rng.choice([0.0, 1e-3, 1.0])
+        Dstar = rng.standard_normal((m, k)) @ rng.standard_normal((k, d))
+        s = float(rng.choice([0.1, 2.0, 64.0]))
+        E = s * B @ A - Dstar
+        L = 0.5 * np.sum(E * E * lam)
+        c_loss = float(np.sum(Dstar * Dstar * lam))
+        for bound in (L * (1 - 1e-9), L, L * (1 + 1e-9), L * 2):
+            if K._loss_surely_within(s, A, B, lam, c_loss, bound):
+                assert L <= bound
+        U = 0.5 * (s * np.linalg.norm(B) * np.sqrt(np.sum(A * A * lam)) + np.sqrt(c_loss)) ** 2
+        assert K._loss_surely_within(s, A, B, lam, c_loss, 2.0 * U)
+    bad = np.ones((2, 3))
+    bad[0, 1] = np.nan
+    assert not K._loss_surely_within(1.0, bad, np.ones((3, 2)), np.ones(3), 1.0, np.inf)
+
+
+@pytest.mark.parametrize("batch, train_size", [(16, 0), (8, 40), (0, 40)])
+def test_skipped_divergence_checks_change_no_result(batch, train_size):
+    # Recorded steps always take the exact trace-form check; the others with sampled
+    # gradients may skip it where the cheap bound decides. So the same run recorded at
+    # every step and at t = 0 only must end in the same state, bit for bit, and diverge
+    # at the same step (a tight bound just above the initial loss makes the cheap bound
+    # undecided on many steps; the large lrs diverge at different steps).
+    base = sd.SimConfig(d=24, m=20, rank=4, task_rank=3, spectrum=1.0, steps=40, batch=batch,
+                        train_size=train_size, optimizer="adam", lr=1e-2, noise=0.1)
+    steps_seen = set()
+    for lr, bound_factor in ((1e-2, 1e6), (0.3, 1e6), (3.0, 1e6), (30.0, 1e6), (0.05, 1.02)):
+        cfg = base.replace(lr=lr)
+        L0 = sd.simulate(cfg.replace(steps=1)).records["loss"][0]
+        cfg = cfg.replace(divergence_bound=float(L0 * bound_factor))
+        every = sd.simulate(cfg.replace(record_every=1))
+        sparse = sd.simulate(cfg.replace(record_every=cfg.steps))
+        assert (every.diverged, every.diverged_step) == (sparse.diverged, sparse.diverged_step)
+        np.testing.assert_array_equal(every.A, sparse.A)
+        np.testing.assert_array_equal(every.B, sparse.B)
+        steps_seen.add(every.diverged_step)
+    assert len(steps_seen) >= 3  # several different outcomes were compared
