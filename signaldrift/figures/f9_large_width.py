@@ -358,7 +358,7 @@ def plot_large_width(ds: xr.Dataset, *, save_to: str | Path | None = None,
     ``save_to`` (``x.png``/``x.pdf``, or both for a path without suffix)."""
     from .._plotting import save_figure
 
-    fig = Figure(figsize=(12.0, 9.0), layout="constrained")
+    fig = Figure(figsize=(12.0, 9.0), dpi=150, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, 2)
     fs = 9
