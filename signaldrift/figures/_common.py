@@ -487,8 +487,11 @@ def save_figure(fig: Figure, save_to: str | Path | None, *, dpi: int = DPI) -> l
     freeze_layout(fig)  # one layout pass for both files (savefig would lay out each)
     for t in targets:
         # Fixed metadata keeps PDFs byte-stable between identical runs.
-        meta = {"CreationDate": None} if t.suffix.lower() == ".pdf" else {"Software": None}
-        fig.savefig(t, dpi=max(int(dpi), DPI), metadata=meta)
+        if t.suffix.lower() == ".pdf":
+            fig.savefig(t, dpi=max(int(dpi), DPI), metadata={"CreationDate": None})
+        else:  # zlib level 3: ~40% less time than the default 6, files ~7% larger
+            fig.savefig(t, dpi=max(int(dpi), DPI), metadata={"Software": None},
+                        pil_kwargs={"compress_level": 3})
     return targets
 
 
@@ -634,8 +637,20 @@ def freeze_layout(fig: Figure) -> Figure:
     Call ``fig.set_layout_engine("constrained")`` to lay a frozen figure out again."""
     if _layout_engine_active(fig):
         fig.get_layout_engine().execute(fig)
-        fig.set_layout_engine("none")
+        _freeze(fig)
     return fig
+
+
+def _freeze(fig: Figure) -> None:
+    """Keep the layout just computed: no layout engine, and titles where it put them (an
+    axes' draw would otherwise place its title again, measuring its whole y axis for an
+    offset text; with the axes fixed the place is the same)."""
+    fig.set_layout_engine("none")
+    ren = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        if getattr(ax, "_autotitlepos", False):
+            ax._update_title_position(ren)  # at the axes' final position
+            ax._autotitlepos = False
 
 
 #: Gap between what an axes draws below itself (tick labels, x label) and a legend placed
@@ -692,7 +707,7 @@ def finish(fig: Figure) -> Figure:
             break
     else:  # a legend moved after the last pass: lay out once more for it
         engine.execute(fig)
-    fig.set_layout_engine("none")
+    _freeze(fig)
     return fig
 
 
