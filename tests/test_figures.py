@@ -230,6 +230,43 @@ def test_plot_redraws_from_netcdf_and_is_legible(test_run, fid, tmp_path):
     assert width_px >= 150 * fig.get_figwidth() - 1
 
 
+def _plot_of(fid):
+    if fid in PLOTS:
+        return PLOTS[fid]
+    from signaldrift.figures import f9_large_width
+
+    return f9_large_width.plot_large_width
+
+
+@pytest.mark.parametrize("fid", [*PLOTS, "F9"])
+def test_drawing_twice_writes_the_same_bytes_and_lays_out_once(test_run, fid, tmp_path,
+                                                               monkeypatch):
+    # Reference: the first drawing. The same figure drawn again from the same data (in the
+    # same process: warm text and font caches) gives the same PNG and PDF bytes. Constrained
+    # layout runs once per drawing (twice at most, if a legend placed below its axes has to
+    # move after the first pass), not once per saved file: savefig runs none.
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
+
+    out, _ = test_run
+    calls = []
+    real = ConstrainedLayoutEngine.execute
+    monkeypatch.setattr(ConstrainedLayoutEngine, "execute",
+                        lambda self, fig: calls.append(1) or real(self, fig))
+    files = []
+    for k in range(2):
+        calls.clear()
+        fig = _plot_of(fid)(_nc(out, fid), save_to=tmp_path / f"d{k}")
+        assert 1 <= len(calls) <= 2, (fid, len(calls))
+        files.append([(tmp_path / f"d{k}.{ext}").read_bytes() for ext in ("png", "pdf")])
+    assert files[0][0] == files[1][0], "PNG bytes differ"
+    assert files[0][1] == files[1][1], "PDF bytes differ"
+    # The layout stays frozen: drawing again moves no axes and lays nothing out.
+    before = [tuple(ax.get_position().bounds) for ax in fig.axes]
+    calls.clear()
+    fig.canvas.draw()
+    assert not calls and [tuple(ax.get_position().bounds) for ax in fig.axes] == before
+
+
 def test_diverged_runs_drawn_outside_the_loss_axis(test_run):
     # Finding 7: a diverged run is a marker above the axis (axes y > 1), never at a fake
     # height inside the loss range.

@@ -41,7 +41,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .._config import ConfigError, SimConfig
-from ._common import jsonable
+from ._common import DPI, jsonable
 from .._escape import (escape_step, expected_init_overlaps, growth_factor,
                       plateau_coefficient, predict_escape_step)
 from .._scaling import scale_factor
@@ -358,7 +358,7 @@ def plot_large_width(ds: xr.Dataset, *, save_to: str | Path | None = None,
     ``save_to`` (``x.png``/``x.pdf``, or both for a path without suffix)."""
     from .._plotting import save_figure
 
-    fig = Figure(figsize=(12.0, 9.0), layout="constrained")
+    fig = Figure(figsize=(12.0, 9.0), dpi=DPI, layout="constrained")  # layout at the PNG dpi
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, 2)
     fs = 9
