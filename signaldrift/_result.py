@@ -5,7 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import zipfile
+import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,19 +26,67 @@ ARCHIVE_VERSION = 2
 
 # A fixed timestamp for every archive member, so the same arrays give the same bytes.
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+_DOSDATE = (_ZIP_DATE[0] - 1980) << 9 | _ZIP_DATE[1] << 5 | _ZIP_DATE[2]
+_DOSTIME = _ZIP_DATE[3] << 11 | _ZIP_DATE[4] << 5 | _ZIP_DATE[5] // 2
+# zipfile's defaults for a stored member written by Python on a POSIX system: version 2.0
+# to extract and made by, "made on" Unix (3), file mode 0o644.
+_ZIP_VERSION, _ZIP_SYSTEM, _ZIP_ATTR = 20, 3, 0o644 << 16
+_LOCAL = struct.Struct("<4s2B4HL2L2H")        # zipfile.structFileHeader
+_CENTRAL = struct.Struct("<4s4B4HL2L5H2L")    # zipfile.structCentralDir
+_END = struct.Struct("<4s4H2LH")              # zipfile.structEndArchive
+_npy_headers: dict[tuple, bytes] = {}
+
+
+def _npy_bytes(value) -> tuple[bytes, bytes]:
+    """The ``.npy`` header and data of ``value`` as ``np.save`` writes them (format 1.0,
+    the header cached per dtype, order and shape)."""
+    a = np.asarray(value)
+    if a.dtype.hasobject:
+        raise ValueError("archives hold no object arrays")
+    fortran = bool(a.flags.f_contiguous and not a.flags.c_contiguous)
+    key = (str(a.dtype.descr), fortran, a.shape)
+    header = _npy_headers.get(key)
+    if header is None:
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            buf, np.lib.format.header_data_from_array_1_0(a))
+        header = _npy_headers.setdefault(key, buf.getvalue())
+    return header, a.tobytes(order="F" if fortran else "C")
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """An uncompressed ``.npz`` of ``arrays`` (members ``<key>.npy`` in sorted key order,
+    fixed timestamps): byte for byte what ``zipfile.ZipFile(…, ZIP_STORED)`` writes with
+    ``np.lib.format.write_array`` members (a test compares the two), assembled in memory
+    with ``struct`` (about 10× faster: a sweep writes one archive per run). Archives up to
+    2 GiB (no ZIP64)."""
+    parts: list[bytes] = []
+    central: list[bytes] = []
+    offset = 0
+    for key in sorted(arrays):
+        name = f"{key}.npy".encode("ascii")
+        header, data = _npy_bytes(arrays[key])
+        size = len(header) + len(data)
+        crc = zlib.crc32(data, zlib.crc32(header))
+        parts += [_LOCAL.pack(b"PK\x03\x04", _ZIP_VERSION, 0, 0, 0, _DOSTIME, _DOSDATE, crc,
+                              size, size, len(name), 0), name, header, data]
+        central += [_CENTRAL.pack(b"PK\x01\x02", _ZIP_VERSION, _ZIP_SYSTEM, _ZIP_VERSION, 0, 0,
+                                  0, _DOSTIME, _DOSDATE, crc, size, size, len(name), 0, 0, 0,
+                                  0, _ZIP_ATTR, offset), name]
+        offset += _LOCAL.size + len(name) + size
+    if offset + sum(map(len, central)) >= 0x7FFFFFFF:
+        raise ValueError("archive above 2 GiB: not supported")
+    cd = b"".join(central)
+    n = len(arrays)
+    return b"".join(parts) + cd + _END.pack(b"PK\x05\x06", 0, 0, n, n, len(cd), offset, 0)
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write an uncompressed ``.npz`` whose bytes depend only on ``arrays`` (sorted keys,
-    fixed timestamps), atomically (temporary file in the same folder, then rename)."""
+    """Write an uncompressed ``.npz`` whose bytes depend only on ``arrays``
+    (:func:`npz_bytes`), atomically (temporary file in the same folder, then rename)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
-        for key in sorted(arrays):
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.asarray(arrays[key]), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_DATE)
-            info.external_attr = 0o644 << 16
-            zf.writestr(info, buf.getvalue())
+    with open(tmp, "wb") as fh:
+        fh.write(npz_bytes(arrays))
     os.replace(tmp, path)
 
 

@@ -139,6 +139,36 @@ def test_same_settings_give_bit_identical_archives(tmp_path):
     assert not np.array_equal(np.load(a)["A0"], np.load(c)["A0"])
 
 
+def test_archive_bytes_are_zipfiles_and_numpys(tmp_path):
+    # The archive writer assembles the zip by hand (speed: a sweep writes one per run); its
+    # bytes must be exactly those of zipfile (ZIP_STORED, fixed dates, mode 0o644) with
+    # np.lib.format.write_array members: the independent reference here. Every kind of
+    # member is covered: 0-d strings and bools, ints, empty and Fortran-ordered arrays.
+    import io
+    import zipfile
+
+    from signaldrift._result import npz_bytes
+
+    cfg = sd.SimConfig(d=16, m=12, task_rank=3, rank=2, steps=20, batch=4, train_size=10,
+                       snapshot_steps=(0, 20), sharpness_steps=(0,))
+    arrays = sd.simulate(cfg).to_arrays()
+    arrays.update(fortran=np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+                  empty=np.zeros((0, 3)), ints=np.arange(5, dtype=np.int32),
+                  flag=np.array(True), text=np.array("ünïcode"))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for key in sorted(arrays):
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.asarray(arrays[key]), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, member.getvalue())
+    assert npz_bytes(arrays) == buf.getvalue()
+    back = np.load(io.BytesIO(npz_bytes(arrays)))
+    for key, value in arrays.items():
+        np.testing.assert_array_equal(back[key], value)
+
+
 def test_archive_round_trip(tmp_path):
     cfg = sd.SimConfig(d=16, m=12, task_rank=3, rank=2, steps=12, optimizer="sgd", lr=0.05)
     res = sd.simulate(cfg)
