@@ -84,13 +84,13 @@ def g_task(task) -> float:
 def _init_point(item):
     """One (rank, seed): μ of the run's own A₀ and, per α, λ_max(H₀) measured by the
     simulator (Lanczos on exact HVPs) and the closed form with the run's own μ."""
-    from .._simulate import simulate
+    from .._simulate import simulate_block
 
     cfg, alphas = item
     meas, own = [], []
     mu = math.nan
-    for a in alphas:
-        res = simulate(cfg.replace(alpha=float(a)))
+    # One block for the α of this seed (bit-identical to a run each; one set-up).
+    for res in simulate_block([cfg.replace(alpha=float(a)) for a in alphas]):
         if math.isnan(mu):
             A0, lam = res.A0, res.task.lam
             mu = float(np.linalg.eigvalsh((A0 * lam) @ A0.T)[-1])
