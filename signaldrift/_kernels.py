@@ -45,7 +45,7 @@ from numba import njit
 from ._basis import BASIS_EIGEN, to_eigen, to_features
 from ._rng import epoch_indices
 from ._rng import minibatch as minibatch_sample
-from ._rng import normals
+from ._rng import normals, scale_minibatch
 from ._generated.factorised import (
     batch_residual,
     curvature_cross,
@@ -107,7 +107,7 @@ def _adam_moments(g, buf, sq, beta1, beta2, step_size, bc2_root, eps, out, subtr
     order, but for one: torch divides √v by √bc₂ elementwise, this multiplies by the
     reciprocal 1/√bc₂ computed once (≤ 1 ulp from the division in the denominator). The
     square root and the two divisions were the whole cost of the pass (they share one
-    divider unit); one division fewer makes Adam's pass 20–25% faster."""
+    divider unit); one division fewer makes Adam's pass about 20% faster."""
     gf, mf, vf, of = g.reshape(-1), buf.reshape(-1), sq.reshape(-1), out.reshape(-1)
     a1 = 1.0 - beta1
     a2 = 1.0 - beta2
@@ -196,24 +196,16 @@ def draw_minibatch(t, key_x, key_e, key_ep, sqrt_lam, noise, Xtr, Ntr, perm, idx
     (indices of :func:`._rng.epoch_indices`) when there is one, else fresh samples
     (:func:`._rng.minibatch`), from the standard normals ``Z`` (n, d) and ``Xi`` (n, m)
     when they were drawn already (``Z.size > 0``: :func:`lora_block` draws a step's normals
-    once for every configuration of the same stream): the same products ``Z·√λ`` and
-    ``σ·Ξ`` as :func:`._rng.minibatch`, so the same bits."""
+    once for every configuration of the same stream), scaled by
+    :func:`._rng.scale_minibatch` as :func:`._rng.minibatch` scales its own: the same
+    bits."""
     if Xtr.shape[0] > 0:
         epoch_indices(key_ep, t, Xb.shape[0], Xtr.shape[0], perm, idx)
         for j in range(Xb.shape[0]):
             Xb[j] = Xtr[idx[j]]
             Nb[j] = Ntr[idx[j]]
     elif Z.size > 0:
-        n, d = Xb.shape
-        for i in range(n):
-            for j in range(d):
-                Xb[i, j] = Z[i, j] * sqrt_lam[j]
-        if noise > 0.0:
-            for i in range(n):
-                for j in range(Nb.shape[1]):
-                    Nb[i, j] = Xi[i, j] * noise
-        else:
-            Nb[...] = 0.0
+        scale_minibatch(Z, Xi, sqrt_lam, noise, Xb, Nb)
     else:
         minibatch_sample(key_x, key_e, t, sqrt_lam, noise, Xb, Nb)
 
@@ -370,19 +362,24 @@ def lora_train_loss(s, A, B, U, Sg, Xtr, XVtr, Ntr):
     return 0.5 * np.sum(R * R) / Xtr.shape[0]
 
 
+@njit(cache=True)
+def _stack_B(B, F):
+    """``F[:, :r] = B`` (F = [B, U] holds U in its last k columns)."""
+    for i in range(B.shape[0]):
+        for j in range(B.shape[1]):
+            F[i, j] = B[i, j]
+
+
 @njit(cache=True, error_model="numpy")
 def _population_grams(A, B, lam, H, F, P, Gm):
     """The step's Gram products, two GEMMs on stacked thin factors:
     ``H[:r] = AΣ`` (H[r:] holds VᵀΣ), ``F[:, :r] = B`` (F[:, r:] holds U),
     ``P = H·Aᵀ = [AΣAᵀ; VᵀΣAᵀ]`` and ``Gm = Fᵀ·B = [BᵀB; UᵀB]``."""
     r, d = A.shape
-    m = B.shape[0]
     for i in range(r):
         for j in range(d):
             H[i, j] = A[i, j] * lam[j]
-    for i in range(m):
-        for j in range(r):
-            F[i, j] = B[i, j]
+    _stack_B(B, F)
     np.dot(H, A.T, P)
     np.dot(F.T, B, Gm)
 
@@ -561,9 +558,7 @@ def lora_run(t0, t1, A, B, bufA, bufB, sqA, sqB,
         if nb > 0 and not record and _loss_surely_within(s, A, B, lam, c_loss, bound):
             # Sampled gradients need only F = [B, U]; the Gram products served the
             # divergence check alone, which the cheap bound has passed.
-            for a in range(m):
-                for j in range(r):
-                    F[a, j] = B[a, j]
+            _stack_B(B, F)
         else:
             _population_grams(A, B, lam, H, F, P, Gm)
             L = _trace_loss(s, P, Gm, sig, c_loss, r)

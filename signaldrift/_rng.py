@@ -39,7 +39,8 @@ import numpy as np
 from numba import njit, types, uint64
 from numba.extending import intrinsic
 
-__all__ = ["SAMPLE_STREAM_VERSION", "stream_key", "normals", "minibatch", "epoch_indices"]
+__all__ = ["SAMPLE_STREAM_VERSION", "stream_key", "normals", "minibatch", "scale_minibatch",
+           "epoch_indices"]
 
 SAMPLE_STREAM_VERSION = 3
 
@@ -313,14 +314,26 @@ def minibatch(key_x, key_e, t, sqrt_lam, noise, X, N):
     n, d = X.shape
     m = N.shape[1]
     normals(key_x, t * n * d, X)
-    for i in range(n):
-        for j in range(d):
-            X[i, j] *= sqrt_lam[j]
     if noise > 0.0:
         normals(key_e, t * n * m, N)
+    scale_minibatch(X, N, sqrt_lam, noise, X, N)
+
+
+@njit(cache=True)
+def scale_minibatch(Z, Xi, sqrt_lam, noise, X, N):
+    """``X = Z Λ^½`` and ``N = σ·Ξ`` (``N = 0`` when σ = 0; Ξ is then not read), from the
+    standard normals Z (n×d) and Ξ (n×m); ``X``, ``N`` may be ``Z``, ``Ξ`` (in place).
+    The one place these products are formed, so samples drawn once and scaled for several
+    configurations (:func:`signaldrift._kernels.lora_block`) have the bits of
+    :func:`minibatch`."""
+    n, d = X.shape
+    for i in range(n):
+        for j in range(d):
+            X[i, j] = Z[i, j] * sqrt_lam[j]
+    if noise > 0.0:
         for i in range(n):
-            for j in range(m):
-                N[i, j] *= noise
+            for j in range(N.shape[1]):
+                N[i, j] = Xi[i, j] * noise
     else:
         N[...] = 0.0
 

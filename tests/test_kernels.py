@@ -191,7 +191,7 @@ def test_fused_adam_is_bit_identical_to_the_array_form(opt, wd):
             np.testing.assert_array_equal(got, exp)
 
 
-def test_fused_adam_is_within_an_ulp_of_torchs_division():
+def test_fused_adam_is_within_a_few_ulp_of_torchs_division():
     # The kernel's only departure from torch's Adam: √v·(1/√bc₂) for √v/√bc₂. Each is
     # correctly rounded from the same exact value up to the reciprocal's own rounding, so
     # the denominators differ by at most 2 ulp and one update by a few ulp of itself.
