@@ -43,6 +43,7 @@ import numpy as np
 from numba import njit
 
 from ._basis import BASIS_EIGEN, to_eigen, to_features
+from ._gemm import matmul, transpose_into
 from ._rng import epoch_indices
 from ._rng import minibatch as minibatch_sample
 from ._rng import normals, scale_minibatch
@@ -371,17 +372,19 @@ def _stack_B(B, F):
 
 
 @njit(cache=True, error_model="numpy")
-def _population_grams(A, B, lam, H, F, P, Gm):
-    """The step's Gram products, two GEMMs on stacked thin factors:
-    ``H[:r] = AΣ`` (H[r:] holds VᵀΣ), ``F[:, :r] = B`` (F[:, r:] holds U),
+def _population_grams(A, B, lam, H, F, P, Gm, At):
+    """The step's Gram products, two GEMMs on stacked thin factors
+    (:func:`~signaldrift._gemm.matmul`): ``H[:r] = AΣ`` (H[r:] holds VᵀΣ),
+    ``F[:, :r] = B`` (F[:, r:] holds U), ``At = Aᵀ``,
     ``P = H·Aᵀ = [AΣAᵀ; VᵀΣAᵀ]`` and ``Gm = Fᵀ·B = [BᵀB; UᵀB]``."""
     r, d = A.shape
     for i in range(r):
         for j in range(d):
             H[i, j] = A[i, j] * lam[j]
     _stack_B(B, F)
-    np.dot(H, A.T, P)
-    np.dot(F.T, B, Gm)
+    transpose_into(A, At)
+    matmul(H, At, P)
+    matmul(F.T, B, Gm)
 
 
 @njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
@@ -444,37 +447,41 @@ def _population_grads(s, sig, H, F, P, Gm, Ca, Cb, gA, gB):
         for j in range(r):
             Cb[r + i, j] = f * P[r + i, j]
             Ca[j, r + i] = f * Gm[r + i, j]
-    np.dot(F, Cb, gB)
-    np.dot(Ca, H, gA)
+    matmul(F, Cb, gB)
+    matmul(Ca, H, gA)
 
 
 @njit(cache=True, error_model="numpy")
-def _batch_grads(s, X, XV, N, A, B, U, sig, F, XA, Xd, R, RB, gA, gB):
+def _batch_grads(s, X, XV, N, A, B, U, sig, F, Ft, At, XA, Xd, R, RB, gA, gB):
     """Minibatch / training-set gradients (THEORY §2; the generated ``batch_residual``,
     ``batch_grad_A``, ``batch_grad_B``) into preallocated buffers:
     ``R = s·XAᵀBᵀ − XV·diag σ⋆·Uᵀ − N = [s·XAᵀ, −XV·diag σ⋆]·Fᵀ − N``,
-    ``∇_B = (s/n)RᵀXAᵀ``, ``∇_A = (s/n)(RB)ᵀX``. Leaves R (n × m) in place."""
+    ``∇_B = (s/n)RᵀXAᵀ``, ``∇_A = (s/n)(RB)ᵀX``, every product by
+    :func:`~signaldrift._gemm.matmul` (``Ft = Fᵀ`` and ``At = Aᵀ`` are filled here; Ft's
+    last k rows hold Uᵀ). Leaves R (n × m) in place."""
     n = X.shape[0]
     r = A.shape[0]
     k = sig.size
-    np.dot(X, A.T, XA)
+    transpose_into(A, At)
+    transpose_into(B, Ft[:r])
+    matmul(X, At, XA)
     for i in range(n):
         for j in range(r):
             Xd[i, j] = s * XA[i, j]
         for j in range(k):
             Xd[i, r + j] = -XV[i, j] * sig[j]
-    np.dot(Xd, F.T, R)
+    matmul(Xd, Ft, R)
     for i in range(n):
         for j in range(R.shape[1]):
             R[i, j] = R[i, j] - N[i, j]
     c = s / n
-    np.dot(R, B, RB)
+    matmul(R, B, RB)
     for i in range(n):
         for j in range(r):
             XA[i, j] = c * XA[i, j]
             RB[i, j] = c * RB[i, j]
-    np.dot(R.T, XA, gB)
-    np.dot(RB.T, X, gA)
+    matmul(R.T, XA, gB)
+    matmul(RB.T, X, gA)
 
 
 @njit(cache=True, error_model="numpy")
@@ -540,6 +547,9 @@ def lora_run(t0, t1, A, B, bufA, bufB, sqA, sqB,
     H[r:] = VtS
     F = np.empty((m, r + k))
     F[:, r:] = U
+    Ft = np.empty((r + k, m))
+    Ft[r:] = U.T
+    At = np.empty((d, r))
     P = np.empty((r + k, r))
     Gm = np.empty((r + k, r))
     Ca = np.empty((r, r + k))
@@ -560,7 +570,7 @@ def lora_run(t0, t1, A, B, bufA, bufB, sqA, sqB,
             # divergence check alone, which the cheap bound has passed.
             _stack_B(B, F)
         else:
-            _population_grams(A, B, lam, H, F, P, Gm)
+            _population_grams(A, B, lam, H, F, P, Gm, At)
             L = _trace_loss(s, P, Gm, sig, c_loss, r)
             if not (np.isfinite(L) and L <= bound):
                 if record:
@@ -573,10 +583,10 @@ def lora_run(t0, t1, A, B, bufA, bufB, sqA, sqB,
             else:
                 draw_minibatch(t, key_x, key_e, key_ep, sqrt_lam, noise, Xtr, Ntr, perm, idx,
                                Xb, Nb, no_z, no_z)
-            np.dot(Xb, V, XVb)
-            _batch_grads(s, Xb, XVb, Nb, A, B, U, sig, F, XA, Xd, R, RB, gA, gB)
+            matmul(Xb, V, XVb)
+            _batch_grads(s, Xb, XVb, Nb, A, B, U, sig, F, Ft, At, XA, Xd, R, RB, gA, gB)
         elif has_train:
-            _batch_grads(s, Xtr, XVtr, Ntr, A, B, U, sig, F, XA, Xd, R, RB, gA, gB)
+            _batch_grads(s, Xtr, XVtr, Ntr, A, B, U, sig, F, Ft, At, XA, Xd, R, RB, gA, gB)
         else:
             _population_grads(s, sig, H, F, P, Gm, Ca, Cb, gA, gB)
         if record:

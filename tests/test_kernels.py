@@ -44,7 +44,7 @@ def _stacked(p):
     F = np.empty((m, r + k))
     F[:, r:] = p["U"]
     P, Gm = np.empty((r + k, r)), np.empty((r + k, r))
-    K._population_grams(p["A"], p["B"], p["lam"], H, F, P, Gm)
+    K._population_grams(p["A"], p["B"], p["lam"], H, F, P, Gm, np.empty((d, r)))
     return H, F, P, Gm
 
 
@@ -102,7 +102,9 @@ def test_batch_gradients_equal_the_generated_ones(seed):
     XV = X @ p["V"]
     R = np.empty((n, m))
     gA, gB = np.empty_like(A), np.empty_like(B)
-    K._batch_grads(s, X, XV, N, A, B, U, p["sig"], F, np.empty((n, r)),
+    Ft = np.empty((r + k, m))
+    Ft[r:] = U.T
+    K._batch_grads(s, X, XV, N, A, B, U, p["sig"], F, Ft, np.empty((p["d"], r)), np.empty((n, r)),
                    np.empty((n, r + k)), R, np.empty((n, r)), gA, gB)
     R_gen = gen.batch_residual(s, B, X @ A.T, U, p["Sg"], XV, N)
     _close(R, R_gen)

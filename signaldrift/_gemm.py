@@ -1,0 +1,179 @@
+"""Small dense products of the step kernels, ``C = X·Y``, with register-blocked micro-kernels
+(THEORY §2 "Cost": every product of a step is thin, (r + k) × d or m × (r + k)).
+
+OpenBLAS is built for large matrices: on a step's shapes (16 × 128 by 128 × 8 at
+d = m = 128, r = k = 8) a call reaches 9–18 GFLOP/s, a third of one core's dgemm rate, the
+rest going to argument checks, packing and edge handling. :func:`matmul` writes C in tiles of
+``MR`` rows × 8 (or 4) columns held in <4 x double> registers: for each l it loads row l of
+Y's tile (one or two vectors), broadcasts X[i, l] of each tile row and accumulates
+``acc += X[i, l]·Y[l, j:j+8]`` with ``llvm.fmuladd`` (a fused multiply–add where the
+processor has one). Each C[i, j] is therefore the sum over l in increasing order, one
+rounding per fused step: a fixed order that depends neither on the thread count nor on
+the block of configurations, so runs are reproducible bit for bit on one machine (as with
+BLAS, another processor may round differently).
+
+X may be any 2-D view (``A.T`` included: its strides are read in the micro-kernel); Y and C
+must be C-contiguous. Products with fewer than four columns go to BLAS (``np.dot``), whose
+calls cost little there; columns past the last multiple of four are summed in plain loops in
+the same order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+__all__ = ["matmul", "transpose_into"]
+
+_LANES = 4
+_F64 = ir.DoubleType()
+_I64 = ir.IntType(64)
+_I32 = ir.IntType(32)
+_VEC = ir.VectorType(_F64, _LANES)
+#: Rows of a tile: MR·NV accumulators, NV vectors of Y and one broadcast fit in 16 registers.
+MR = 4
+
+
+def _i64(v):
+    return ir.Constant(_I64, v)
+
+
+def _splat(builder, x):
+    v = ir.Constant(_VEC, ir.Undefined)
+    for t in range(_LANES):
+        v = builder.insert_element(v, x, ir.Constant(_I32, t))
+    return v
+
+
+def _is_f64_2d(a, layout=None):
+    return (isinstance(a, types.Array) and a.ndim == 2 and a.dtype == types.float64
+            and (layout is None or a.layout == layout))
+
+
+def _make_tile(mr, nv):
+    """The micro-kernel ``C[i0+t, j0:j0+4·nv] = Σ_l X[i0+t, l]·Y[l, j0:j0+4·nv]``,
+    t < mr, l < X.shape[1], summed in increasing l with ``llvm.fmuladd``."""
+
+    @intrinsic
+    def tile(typingctx, C, X, Y, i0, j0):
+        if not (_is_f64_2d(C, "C") and _is_f64_2d(X) and _is_f64_2d(Y, "C")):
+            return None
+        sig = types.void(C, X, Y, types.int64, types.int64)
+
+        def codegen(context, builder, sig, args):
+            C_, X_, Y_, i0_, j0_ = args
+            c = context.make_array(sig.args[0])(context, builder, C_)
+            x = context.make_array(sig.args[1])(context, builder, X_)
+            y = context.make_array(sig.args[2])(context, builder, Y_)
+            K = cgutils.unpack_tuple(builder, x.shape, 2)[1]
+            sx0, sx1 = cgutils.unpack_tuple(builder, x.strides, 2)
+            ldy = cgutils.unpack_tuple(builder, y.shape, 2)[1]
+            ldc = cgutils.unpack_tuple(builder, c.shape, 2)[1]
+            fma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(_VEC, [_VEC, _VEC, _VEC]), "llvm.fmuladd.v4f64")
+            zero = ir.Constant(_VEC, [0.0] * _LANES)
+            acc = [cgutils.alloca_once_value(builder, zero) for _ in range(mr * nv)]
+            xbase = builder.bitcast(x.data, ir.IntType(8).as_pointer())
+            xrows = [builder.gep(xbase, [builder.mul(builder.add(i0_, _i64(t)), sx0)])
+                     for t in range(mr)]
+            ybase = builder.gep(y.data, [j0_])
+            with cgutils.for_range(builder, K) as loop:
+                ell = loop.index
+                yrow = builder.gep(ybase, [builder.mul(ell, ldy)])
+                yv = [builder.load(builder.bitcast(builder.gep(yrow, [_i64(4 * v)]),
+                                                   _VEC.as_pointer()), align=8)
+                      for v in range(nv)]
+                off = builder.mul(ell, sx1)
+                for t in range(mr):
+                    xp = builder.bitcast(builder.gep(xrows[t], [off]), _F64.as_pointer())
+                    xs = _splat(builder, builder.load(xp))
+                    for v in range(nv):
+                        a = acc[t * nv + v]
+                        builder.store(builder.call(fma, [xs, yv[v], builder.load(a)]), a)
+            cbase = builder.gep(c.data, [j0_])
+            for t in range(mr):
+                crow = builder.gep(cbase, [builder.mul(builder.add(i0_, _i64(t)), ldc)])
+                for v in range(nv):
+                    cp = builder.bitcast(builder.gep(crow, [_i64(4 * v)]), _VEC.as_pointer())
+                    builder.store(builder.load(acc[t * nv + v]), cp, align=8)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+_T4x8, _T3x8, _T2x8, _T1x8 = (_make_tile(m, 2) for m in (4, 3, 2, 1))
+_T4x4, _T3x4, _T2x4, _T1x4 = (_make_tile(m, 1) for m in (4, 3, 2, 1))
+
+
+@njit(cache=True)
+def _rows_tail(C, X, Y, i0, j0, nv):
+    """The tiles of rows i0… (fewer than MR left) at column j0 (nv vectors wide)."""
+    left = C.shape[0] - i0
+    if nv == 2:
+        if left == 3:
+            _T3x8(C, X, Y, i0, j0)
+        elif left == 2:
+            _T2x8(C, X, Y, i0, j0)
+        elif left == 1:
+            _T1x8(C, X, Y, i0, j0)
+    else:
+        if left == 3:
+            _T3x4(C, X, Y, i0, j0)
+        elif left == 2:
+            _T2x4(C, X, Y, i0, j0)
+        elif left == 1:
+            _T1x4(C, X, Y, i0, j0)
+
+
+@njit(cache=True)
+def matmul(X, Y, C):
+    """``C = X·Y`` in place (X: (M, K), any layout; Y: (K, N), C: (M, N), C-contiguous).
+
+    Tiles of MR × 8 columns (then one of MR × 4) by the <4 x double> micro-kernels, each
+    entry summed over l in increasing order with fused multiply–adds; the last N mod 4
+    columns in plain loops in the same order; N < 4 by BLAS. K = 0 gives zeros.
+
+    Args:
+        X: (M, K) float64. Y: (K, N) float64, C-contiguous. C: (M, N) float64, C-contiguous,
+            not overlapping X or Y.
+    """
+    M, K = X.shape
+    N = Y.shape[1]
+    if N < _LANES:
+        np.dot(X, Y, C)
+        return
+    n8 = N - N % 8
+    n4 = N - N % 4
+    m4 = M - M % MR
+    for i0 in range(0, m4, MR):
+        for j0 in range(0, n8, 8):
+            _T4x8(C, X, Y, i0, j0)
+        if n4 > n8:
+            _T4x4(C, X, Y, i0, n8)
+    if m4 < M:
+        for j0 in range(0, n8, 8):
+            _rows_tail(C, X, Y, m4, j0, 2)
+        if n4 > n8:
+            _rows_tail(C, X, Y, m4, n8, 1)
+    for i in range(M):
+        for j in range(n4, N):
+            C[i, j] = 0.0
+        for ell in range(K):
+            x = X[i, ell]
+            for j in range(n4, N):
+                C[i, j] += x * Y[ell, j]
+
+
+@njit(cache=True)
+def transpose_into(Y, Yt):
+    """``Yt[...] = Yᵀ`` (Y: (N, K), Yt: (K, N)): the operand a product ``X·Yᵀ`` of two
+    row-major factors needs for :func:`matmul`."""
+    N, K = Y.shape
+    for j in range(N):
+        for ell in range(K):
+            Yt[ell, j] = Y[j, ell]
