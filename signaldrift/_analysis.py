@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 __all__ = [
     "SlopeFit",
@@ -272,6 +271,19 @@ def _refine_min(u: np.ndarray, L: np.ndarray):
     return u_star, idx, at_edge, refined
 
 
+def _t_quantile(q, df):
+    """Student-t quantile ``t_{q, df}`` by ``scipy.special.stdtrit(df, q)``.
+
+    The same computation as ``scipy.stats.t.ppf(q, df)`` (whose ``_ppf`` is ``stdtrit`` and
+    whose ``ppf`` gives ``inf`` at q = 1, as ``stdtrit`` does), for ``0 < q ≤ 1`` and
+    ``df > 0``, without importing :mod:`scipy.stats` (the slowest import of the figures);
+    :mod:`scipy.special` is imported on first use.
+    """
+    from scipy.special import stdtrit
+
+    return stdtrit(df, q)
+
+
 def _percentile_ci(samples: np.ndarray, ci: float) -> tuple[float, float]:
     samples = samples[np.isfinite(samples)]
     if samples.size == 0:
@@ -286,7 +298,8 @@ def loglog_slope(x, y, *, ci: float = 0.95) -> SlopeFit:
     """OLS slope of ``log y`` on ``log x`` with a t-based confidence interval.
 
     ``log y_i = a + p·log x_i + e_i``; ``p̂ = Σ(u−ū)(v−v̄)/Σ(u−ū)²`` with ``u = log x``,
-    ``v = log y``; ``se(p̂) = √(Σe²/(n−2) / Σ(u−ū)²)``; CI ``p̂ ± t_{(1+ci)/2, n−2}·se``.
+    ``v = log y``; ``se(p̂) = √(Σe²/(n−2) / Σ(u−ū)²)``; CI ``p̂ ± t_{(1+ci)/2, n−2}·se``
+    (t by :func:`_t_quantile`: ``scipy.special.stdtrit``, as ``scipy.stats.t.ppf``).
     Used for the slopes of THEORY §3 (P3: ρ ∝ η·s for SGD, ρ ∝ η for Adam) and §5 (P5).
 
     **Arguments:**
@@ -312,7 +325,7 @@ def loglog_slope(x, y, *, ci: float = 0.95) -> SlopeFit:
     slope, intercept, se, _ = _ols(u, v)
     n = u.size
     if n > 2:
-        t = float(stats.t.ppf(0.5 + ci / 2.0, n - 2))
+        t = float(_t_quantile(0.5 + ci / 2.0, n - 2))
         lo, hi = slope - t * se, slope + t * se
     else:
         lo = hi = float("nan")
@@ -346,7 +359,7 @@ def fit_power_law(x, y, *, ci: float = 0.95, n_boot: int = 2000, seed: int = 0,
     n = u.size
     if g is None:
         if n > 2:
-            t = float(stats.t.ppf(0.5 + ci / 2.0, n - 2))
+            t = float(_t_quantile(0.5 + ci / 2.0, n - 2))
             glo, ghi = gamma - t * se_g, gamma + t * se_g
             clo, chi = np.exp(logc - t * se_c), np.exp(logc + t * se_c)
         else:
@@ -667,7 +680,8 @@ def t_interval(a, axis: int = -1, *, ci: float = 0.95):
     """Mean and Student-t confidence interval over ``axis`` (non-finite values dropped).
 
     ``mean ± t_{(1+ci)/2, n−1}·sd/√n`` with the sample sd (ddof 1); n < 2 gives NaN bounds.
-    With 2–4 seeds t is 12.7–3.2, not the normal 1.96.
+    With 2–4 seeds t is 12.7–3.2, not the normal 1.96. t by :func:`_t_quantile`
+    (``scipy.special.stdtrit``, as ``scipy.stats.t.ppf``).
 
     **Returns:** ``(mean, lo, hi, n)`` arrays (reduced over ``axis``).
 
@@ -686,7 +700,7 @@ def t_interval(a, axis: int = -1, *, ci: float = 0.95):
         mean = x.sum(axis=axis) / n
         dev = np.where(ok, a - np.expand_dims(mean, axis), 0.0)
         sd = np.sqrt((dev**2).sum(axis=axis) / (n - 1))
-        t = stats.t.ppf(0.5 + ci / 2.0, np.maximum(n - 1, 1))
+        t = _t_quantile(0.5 + ci / 2.0, np.maximum(n - 1, 1))
         half = np.where(n >= 2, t * sd / np.sqrt(n), np.nan)
     mean = np.where(n >= 1, mean, np.nan)
     return mean, mean - half, mean + half, n
@@ -812,6 +826,10 @@ def fit_rank_law(ranks, alpha_star, *, var_log=None, min_var: float = 0.0,
       the grid, so a law through grid points has zero residuals but not zero uncertainty).
     - `ci`: confidence level.
 
+    t quantiles by :func:`_t_quantile` (``scipy.special.stdtrit``); the tail probabilities by
+    ``scipy.special.stdtr(df, −x)`` and ``chdtrc(df, x)``, what ``scipy.stats.t.sf(x, df)``
+    and ``chi2.sf(x, df)`` evaluate.
+
     **Returns:** a :class:`RankLawFit`. Raises ``ValueError`` with fewer than 2 ranks.
 
     Example::
@@ -820,6 +838,8 @@ def fit_rank_law(ranks, alpha_star, *, var_log=None, min_var: float = 0.0,
         >>> round(f.gamma, 12), round(f.c, 12)
         (0.5, 3.0)
     """
+    from scipy.special import chdtrc, stdtr
+
     ci = _check_ci(ci)
     r = np.asarray(ranks, dtype=np.float64)
     a = np.asarray(alpha_star, dtype=np.float64)
@@ -841,7 +861,7 @@ def fit_rank_law(ranks, alpha_star, *, var_log=None, min_var: float = 0.0,
             # but not zero uncertainty.
             f = math.sqrt(min_var) / max(resid_sd, 1e-300)
             se_g, se_c = (se_g * f, se_c * f) if resid_sd > 0 else _ols_se(u, min_var)
-        t = float(stats.t.ppf(q, n - 2))
+        t = float(_t_quantile(q, n - 2))
         glo, ghi = gamma - t * se_g, gamma + t * se_g
         clo, chi = float(np.exp(logc - t * se_c)), float(np.exp(logc + t * se_c))
     else:
@@ -854,7 +874,7 @@ def fit_rank_law(ranks, alpha_star, *, var_log=None, min_var: float = 0.0,
         beta = np.linalg.solve(X.T @ (X * w[:, None]), X.T @ (w * y))
         e = y - X @ beta
         chi2 = float(np.sum(w * e**2))
-        pval = float(stats.chi2.sf(chi2, n - 2))
+        pval = float(chdtrc(n - 2, chi2))
     # Curvature: a quadratic term in centred log r.
     qc = qlo = qhi = qp = float("nan")
     if n >= 4:
@@ -866,9 +886,9 @@ def fit_rank_law(ranks, alpha_star, *, var_log=None, min_var: float = 0.0,
         cov = s2 * np.linalg.inv(X.T @ X)
         qc = float(coef[2])
         se_q = float(np.sqrt(cov[2, 2]))
-        tq = float(stats.t.ppf(q, n - 3))
+        tq = float(_t_quantile(q, n - 3))
         qlo, qhi = qc - tq * se_q, qc + tq * se_q
-        qp = float(2 * stats.t.sf(abs(qc) / se_q, n - 3)) if se_q > 0 else 0.0
+        qp = float(2 * stdtr(n - 3, -(abs(qc) / se_q))) if se_q > 0 else 0.0
     order = np.argsort(u)
     uu, yy = u[order], y[order]
     local = tuple(float((yy[i + 1] - yy[i]) / (uu[i + 1] - uu[i])) for i in range(n - 1))

@@ -41,12 +41,13 @@ init, in any feature basis (A₀Q has the same deterministic equivalent).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import sympy as sp
 from numba import njit
 
-from ._common import Derivation, Result
+if TYPE_CHECKING:
+    from ._common import Derivation
 
 TITLE = "E λ_max(A₀ΣA₀ᵀ) at init: deterministic equivalent + top unit of mass (THEORY §4)"
 
@@ -174,7 +175,15 @@ CHECK_SAMPLES = 400
 
 def derive() -> Derivation:
     """Derive (S) and (P), verify their limits symbolically and the prediction against
-    sampled PEFT matrices over :data:`CHECK_GRID`."""
+    sampled PEFT matrices over :data:`CHECK_GRID`.
+
+    SymPy (and :mod:`._common`, which builds symbols on import) is imported here, not at
+    module level: the numerics above, used by the figures, do not need it.
+    """
+    import sympy as sp
+
+    from ._common import Derivation, Result
+
     der = Derivation("init_sharpness", TITLE)
     z, m_, u = sp.symbols("z m u")
     r_, d_, tau = sp.symbols("r d tau", positive=True)
