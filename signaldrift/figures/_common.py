@@ -629,7 +629,7 @@ def _layout_engine_active(fig: Figure) -> bool:
 
 def freeze_layout(fig: Figure) -> Figure:
     """Run ``fig``'s layout engine (constrained layout) once, if it still has one, and keep
-    that layout: the engine is switched off (``set_layout_engine("none")``), so the draws
+    that layout: the engine is removed (:func:`_freeze`), so the draws
     that follow (the PNG, the PDF, a test's ``canvas.draw()``) render without laying the
     figure out again. Matplotlib would otherwise lay it out on every draw, and the layout
     (the tight boxes of every axis, tick and label) costs more than rendering. Positions
@@ -644,8 +644,16 @@ def freeze_layout(fig: Figure) -> Figure:
 def _freeze(fig: Figure) -> None:
     """Keep the layout just computed: no layout engine, and titles where it put them (an
     axes' draw would otherwise place its title again, measuring its whole y axis for an
-    offset text; with the axes fixed the place is the same)."""
-    fig.set_layout_engine("none")
+    offset text; with the axes fixed the place is the same).
+
+    No engine at all, not ``set_layout_engine("none")``: that leaves a placeholder engine,
+    and ``savefig`` draws a figure with any engine once more, unrendered, before the draw
+    it writes (a third of the time of each file). ``set_layout_engine(None)`` removes the
+    engine when the rcParams ask for no automatic layout, which they are made to here."""
+    import matplotlib as mpl
+
+    with mpl.rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}):
+        fig.set_layout_engine(None)
     ren = fig.canvas.get_renderer()
     for ax in fig.axes:
         if getattr(ax, "_autotitlepos", False):

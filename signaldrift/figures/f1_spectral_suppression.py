@@ -32,7 +32,7 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
-from .._analysis import divergence_threshold, t_interval
+from .._analysis import _t_quantile, divergence_threshold, t_interval
 from .._derivations.init_sharpness import (DOMAIN, effective_dimension, expected_lambda_max,
                                            in_domain, mp_edge, naive_mu)
 from .._task import make_task
@@ -278,9 +278,8 @@ def figure_F1(mode: str, out_dir, *, workers: int | None = None, progress: bool 
 
 
 def _tq(n):
-    from scipy import stats
-
-    return stats.t.ppf(0.975, np.maximum(n - 1, 1))
+    """t_{0.975, n−1} (at least one degree of freedom)."""
+    return _t_quantile(0.975, np.maximum(n - 1, 1))
 
 
 def _index(ranks, alphas, r, a):
