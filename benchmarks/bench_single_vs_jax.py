@@ -121,11 +121,12 @@ def _profile_kernels():
             P, Gm = np.empty((r + k, r)), np.empty((r + k, r))
             Ca, Cb = np.empty((r, r + k)), np.empty((r + k, r))
             gA, gB = np.empty((r, d)), np.empty((m, r))
+            At = np.empty((d, r))
             no = np.zeros((0, 0))
             pairs = np.zeros((0, 2), dtype=np.int64)
             acc = 0.0
             for t in range(T):
-                _population_grams(A, B, lam, H, F, P, Gm)
+                _population_grams(A, B, lam, H, F, P, Gm, At)
                 acc += _trace_loss(s, P, Gm, sig, c_loss, r)
                 if stage >= 1:
                     _population_grads(s, sig, H, F, P, Gm, Ca, Cb, gA, gB)

@@ -8,7 +8,9 @@ O((m + d)·r·(r + k)); a minibatch step O(n·(m + d)·(r + k)).
 The hot loop evaluates the generated gradient and loss expressions in a fused form: four
 GEMMs a step on the stacked thin factors ``H = [AΣ; VᵀΣ]`` and ``F = [B, U]``
 (``H·Aᵀ``, ``Fᵀ·B``, ``F·C_B``, ``C_A·H``, with the small coefficient blocks ``C_A``, ``C_B``
-built from the Gram products), written into buffers allocated once per call, and one
+built from the Gram products) by the register-blocked micro-kernels of
+:mod:`signaldrift._gemm` (BLAS calls cost 2–3× more on these thin shapes), written into
+buffers allocated once per call, and one
 fused in-place optimiser pass per factor, compiled with ``error_model="numpy"`` so LLVM
 vectorises Adam's division and square root. ``tests/test_kernels.py`` checks each fused
 form against the generated one (which ``test_generated.py`` checks against the dense
