@@ -35,6 +35,10 @@ _I32 = ir.IntType(32)
 _VEC = ir.VectorType(_F64, _LANES)
 #: Rows of a tile: MR·NV accumulators, NV vectors of Y and one broadcast fit in 16 registers.
 MR = 4
+#: Panel of l: the tiles of a row block sweep l in panels of KB, so Y's panel (KB × 8
+#: doubles, 16 KiB) stays in the L1 cache while every row tile reads it. A tile resumes
+#: from the values it stored (exact), so the sums are the same bits as one sweep.
+KB = 256
 
 
 def _i64(v):
@@ -54,34 +58,47 @@ def _is_f64_2d(a, layout=None):
 
 
 def _make_tile(mr, nv):
-    """The micro-kernel ``C[i0+t, j0:j0+4·nv] = Σ_l X[i0+t, l]·Y[l, j0:j0+4·nv]``,
-    t < mr, l < X.shape[1], summed in increasing l with ``llvm.fmuladd``."""
+    """The micro-kernel ``C[i0+t, j0:j0+4·nv] (+)= Σ_l X[i0+t, l]·Y[l, j0:j0+4·nv]``,
+    t < mr, k0 ≤ l < k1, summed in increasing l with ``llvm.fmuladd``, from zero
+    (``first``) or from the tile's current values (a later panel of l)."""
 
     @intrinsic
-    def tile(typingctx, C, X, Y, i0, j0):
-        if not (_is_f64_2d(C, "C") and _is_f64_2d(X) and _is_f64_2d(Y, "C")):
+    def tile(typingctx, C, X, Y, i0, j0, k0, k1, first):
+        if not (_is_f64_2d(C, "C") and _is_f64_2d(X) and _is_f64_2d(Y, "C")
+                and isinstance(first, types.Boolean)):
             return None
-        sig = types.void(C, X, Y, types.int64, types.int64)
+        sig = types.void(C, X, Y, types.int64, types.int64, types.int64, types.int64,
+                         types.boolean)
 
         def codegen(context, builder, sig, args):
-            C_, X_, Y_, i0_, j0_ = args
+            C_, X_, Y_, i0_, j0_, k0_, k1_, first_ = args
             c = context.make_array(sig.args[0])(context, builder, C_)
             x = context.make_array(sig.args[1])(context, builder, X_)
             y = context.make_array(sig.args[2])(context, builder, Y_)
-            K = cgutils.unpack_tuple(builder, x.shape, 2)[1]
             sx0, sx1 = cgutils.unpack_tuple(builder, x.strides, 2)
             ldy = cgutils.unpack_tuple(builder, y.shape, 2)[1]
             ldc = cgutils.unpack_tuple(builder, c.shape, 2)[1]
             fma = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(_VEC, [_VEC, _VEC, _VEC]), "llvm.fmuladd.v4f64")
             zero = ir.Constant(_VEC, [0.0] * _LANES)
-            acc = [cgutils.alloca_once_value(builder, zero) for _ in range(mr * nv)]
+            cbase = builder.gep(c.data, [j0_])
+            cptr = [[builder.bitcast(builder.gep(builder.gep(cbase, [builder.mul(
+                        builder.add(i0_, _i64(t)), ldc)]), [_i64(4 * v)]), _VEC.as_pointer())
+                     for v in range(nv)] for t in range(mr)]
+            first_bit = context.cast(builder, first_, sig.args[7], types.boolean)
+            acc = []
+            for t in range(mr):
+                for v in range(nv):
+                    a = cgutils.alloca_once_value(builder, zero)
+                    with builder.if_then(builder.not_(first_bit)):
+                        builder.store(builder.load(cptr[t][v], align=8), a)
+                    acc.append(a)
             xbase = builder.bitcast(x.data, ir.IntType(8).as_pointer())
             xrows = [builder.gep(xbase, [builder.mul(builder.add(i0_, _i64(t)), sx0)])
                      for t in range(mr)]
             ybase = builder.gep(y.data, [j0_])
-            with cgutils.for_range(builder, K) as loop:
-                ell = loop.index
+            with cgutils.for_range(builder, builder.sub(k1_, k0_)) as loop:
+                ell = builder.add(loop.index, k0_)
                 yrow = builder.gep(ybase, [builder.mul(ell, ldy)])
                 yv = [builder.load(builder.bitcast(builder.gep(yrow, [_i64(4 * v)]),
                                                    _VEC.as_pointer()), align=8)
@@ -93,12 +110,9 @@ def _make_tile(mr, nv):
                     for v in range(nv):
                         a = acc[t * nv + v]
                         builder.store(builder.call(fma, [xs, yv[v], builder.load(a)]), a)
-            cbase = builder.gep(c.data, [j0_])
             for t in range(mr):
-                crow = builder.gep(cbase, [builder.mul(builder.add(i0_, _i64(t)), ldc)])
                 for v in range(nv):
-                    cp = builder.bitcast(builder.gep(crow, [_i64(4 * v)]), _VEC.as_pointer())
-                    builder.store(builder.load(acc[t * nv + v]), cp, align=8)
+                    builder.store(builder.load(acc[t * nv + v]), cptr[t][v], align=8)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -111,23 +125,23 @@ _T4x4, _T3x4, _T2x4, _T1x4 = (_make_tile(m, 1) for m in (4, 3, 2, 1))
 
 
 @njit(cache=True)
-def _rows_tail(C, X, Y, i0, j0, nv):
+def _rows_tail(C, X, Y, i0, j0, nv, k0, k1, first):
     """The tiles of rows i0… (fewer than MR left) at column j0 (nv vectors wide)."""
     left = C.shape[0] - i0
     if nv == 2:
         if left == 3:
-            _T3x8(C, X, Y, i0, j0)
+            _T3x8(C, X, Y, i0, j0, k0, k1, first)
         elif left == 2:
-            _T2x8(C, X, Y, i0, j0)
+            _T2x8(C, X, Y, i0, j0, k0, k1, first)
         elif left == 1:
-            _T1x8(C, X, Y, i0, j0)
+            _T1x8(C, X, Y, i0, j0, k0, k1, first)
     else:
         if left == 3:
-            _T3x4(C, X, Y, i0, j0)
+            _T3x4(C, X, Y, i0, j0, k0, k1, first)
         elif left == 2:
-            _T2x4(C, X, Y, i0, j0)
+            _T2x4(C, X, Y, i0, j0, k0, k1, first)
         elif left == 1:
-            _T1x4(C, X, Y, i0, j0)
+            _T1x4(C, X, Y, i0, j0, k0, k1, first)
 
 
 @njit(cache=True)
@@ -135,7 +149,8 @@ def matmul(X, Y, C):
     """``C = X·Y`` in place (X: (M, K), any layout; Y: (K, N), C: (M, N), C-contiguous).
 
     Tiles of MR × 8 columns (then one of MR × 4) by the <4 x double> micro-kernels, each
-    entry summed over l in increasing order with fused multiply–adds; the last N mod 4
+    entry summed over l in increasing order with fused multiply–adds (in panels of
+    :data:`KB` values of l, resumed exactly); the last N mod 4
     columns in plain loops in the same order; N < 4 by BLAS. K = 0 gives zeros.
 
     Args:
@@ -150,16 +165,19 @@ def matmul(X, Y, C):
     n8 = N - N % 8
     n4 = N - N % 4
     m4 = M - M % MR
-    for i0 in range(0, m4, MR):
-        for j0 in range(0, n8, 8):
-            _T4x8(C, X, Y, i0, j0)
-        if n4 > n8:
-            _T4x4(C, X, Y, i0, n8)
-    if m4 < M:
-        for j0 in range(0, n8, 8):
-            _rows_tail(C, X, Y, m4, j0, 2)
-        if n4 > n8:
-            _rows_tail(C, X, Y, m4, n8, 1)
+    for k0 in range(0, max(K, 1), KB):
+        k1 = min(K, k0 + KB)
+        first = k0 == 0
+        for i0 in range(0, m4, MR):
+            for j0 in range(0, n8, 8):
+                _T4x8(C, X, Y, i0, j0, k0, k1, first)
+            if n4 > n8:
+                _T4x4(C, X, Y, i0, n8, k0, k1, first)
+        if m4 < M:
+            for j0 in range(0, n8, 8):
+                _rows_tail(C, X, Y, m4, j0, 2, k0, k1, first)
+            if n4 > n8:
+                _rows_tail(C, X, Y, m4, n8, 1, k0, k1, first)
     for i in range(M):
         for j in range(n4, N):
             C[i, j] = 0.0
