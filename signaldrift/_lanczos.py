@@ -8,14 +8,19 @@ projection (:func:`top_ritz`: Newton's method from an upper bound certified by S
 then inverse iteration). :mod:`signaldrift._sharpness` prepares the arrays, calls
 :func:`lanczos_max` and falls back to ARPACK if it does not converge.
 
-Convergence. After j steps, ``H V_j = V_j T_j + β_j v_{j+1} e_jᵀ`` (exact up to rounding
-with full reorthogonalisation), so the Ritz pair (θ, x = V_j y) of T_j's top eigenpair has
-residual ``‖Hx − θx‖ = β_j·|y_j|`` without forming x. The iteration stops when
-``β_j·|y_j| ≤ tol·|θ|``. For a symmetric H some eigenvalue then lies within ``tol·|θ|`` of θ,
-and within ``(tol·θ)²/gap`` when θ is separated from the rest of the spectrum by ``gap``
-(Kato–Temple). As with ARPACK, that this eigenvalue is the largest rests on the random start
-vector having a component along the top eigenvector (probability one). θ is the largest
-*algebraic* Ritz value, whatever the sign of the eigenvalues of largest modulus.
+At B = 0 (initialisation; every entry of B zero) :func:`lanczos_max` applies
+:func:`hessian_matvec_b0` instead, with the generated ``hvp_A_b0``, ``hvp_B_b0`` (THEORY §4:
+every term with a factor B or BᵀB vanishes, and ``AΣT_Aᵀ``, ``BᵀT_B``, ``T_AΣ`` are not
+formed); F1 measures λ_max there 3,328 times. The result is the same, bit for bit, for finite
+factors: the ``_b0`` kernels are the general ones less their B-terms, with the other terms
+in the same order and printed alike (checked in ``signaldrift derive factorised``), and at
+B = 0 a B-term is an exact zero matrix (products of zeros with finite numbers). So where the
+general kernel computes ``(0 + 0) − s·X + Y`` the variant computes ``(−s)·X + Y``; adding
+zero is exact and IEEE multiplication rounds ``(−s)·X`` to ``−(s·X)``. Only where ``s·X`` is
+itself an exact zero can the two differ, in the sign of that zero (``+0 − 0 = +0`` against
+``−0``); a sign of zero does not change a sum or product with a non-zero number, nor a norm,
+so θ, the residual and every non-zero entry of the Krylov vectors are the same
+(tests/test_lanczos_b0.py compares the two paths).
 """
 
 from __future__ import annotations
@@ -24,9 +29,9 @@ import numpy as np
 from numba import njit
 
 from ._basis import to_eigen, to_features
-from ._generated.factorised import hvp_A, hvp_B
+from ._generated.factorised import hvp_A, hvp_A_b0, hvp_B, hvp_B_b0
 
-__all__ = ["hessian_matvec", "lanczos_max", "top_ritz"]
+__all__ = ["hessian_matvec", "hessian_matvec_b0", "lanczos_max", "top_ritz"]
 
 _EPS = np.finfo(np.float64).eps
 
@@ -62,6 +67,42 @@ def hessian_matvec(x, s, A, B, U, Sg, VtS, lam, AS, ASAt, BtB, scale_vec,
     hB = hvp_B(s, tB, B, U, Sg, ASAt, AS @ tA.T, VtS @ tA.T)
     hA = to_features(hvp_A(s, B.T @ tB, BtB, AS, tA * lam, tB.T @ U, Sg, VtS),
                      code, pairs, cs, Q)
+    y = np.empty(x.size)
+    y[:nA] = hA.ravel()
+    y[nA:] = hB.ravel()
+    if scale_vec.size:
+        y *= scale_vec
+    return y
+
+
+@njit(cache=True, nogil=True)
+def hessian_matvec_b0(x, s, A, m, U, Sg, VtS, lam, ASAt, scale_vec, code, pairs, cs, Q):
+    """``y = S H S x`` at B = 0 (every entry of B zero), as :func:`hessian_matvec` (THEORY §4).
+
+    At B = 0 the Hessian-vector product is ``(HT)_A = −s·T_BᵀUΣ⋆VᵀΣ`` and
+    ``(HT)_B = −s·UΣ⋆VᵀΣT_Aᵀ + s²·T_B·AΣAᵀ``: the generated ``hvp_A_b0``, ``hvp_B_b0``, which
+    need neither ``AΣT_Aᵀ`` nor ``BᵀT_B`` (nor ``T_AΣ``). The result equals
+    :func:`hessian_matvec`'s at B = 0 bit for bit for finite inputs, up to the sign of an
+    exact zero (the module docstring); the caller guarantees that B is zero.
+
+    Args:
+        x: (n,) direction, n = r·d + m·r.
+        s: the LoRA scale. A: (r, d) factor in eigen-coordinates. m: the rows of B.
+        U: (m, k). Sg: (k, k) diag(σ⋆). VtS: (k, d) ``(ΣV)ᵀ``. lam: (d,) λ.
+        ASAt: ``AΣAᵀ``.
+        scale_vec: (n,) ``P^{-½}`` or (0,).
+        code, pairs, cs, Q: the basis (:meth:`~signaldrift._basis.Basis.kernel_args`).
+
+    Returns:
+        (n,) the product, a new array.
+    """
+    r, d = A.shape
+    nA = r * d
+    xs = x * scale_vec if scale_vec.size else x
+    tA = to_eigen(np.ascontiguousarray(xs[:nA]).reshape(r, d), code, pairs, cs, Q)
+    tB = np.ascontiguousarray(xs[nA:]).reshape(m, r)
+    hB = hvp_B_b0(s, tB, U, Sg, ASAt, VtS @ tA.T)
+    hA = to_features(hvp_A_b0(s, tB.T @ U, Sg, VtS), code, pairs, cs, Q)
     y = np.empty(x.size)
     y[:nA] = hA.ravel()
     y[nA:] = hB.ravel()
@@ -220,7 +261,15 @@ def lanczos_max(v0, tol, kmax, max_restarts, s, A, B, U, Sg, VtS, lam, scale_vec
     Gram–Schmidt, repeated once when it removes more than 1 − 1/√2 of ‖w‖:
     the DGKS criterion), so ``V_jᵀV_j = I`` to rounding and no ghost eigenvalues appear.
     The Krylov space grows to ``kmax`` vectors; if θ has not converged there, Lanczos
-    restarts from the Ritz vector (at most ``max_restarts`` times).
+    restarts from the Ritz vector (at most ``max_restarts`` times). The vector updates run
+    in place, element by element (the operations of ``w −= a·v``, each product rounded
+    before the subtraction, without an n-vector temporary), and ``h V_j`` is one BLAS call
+    into a reused buffer.
+
+    At B = 0 (every entry zero, −0.0 included: initialisation) the products are
+    :func:`hessian_matvec_b0` (THEORY §4), decided once per call; the result is the one of
+    the general products, bit for bit (the module docstring). A NaN in B takes the general
+    path.
 
     Args:
         v0: (n,) start vector (non-zero). tol: relative residual tolerance
@@ -233,14 +282,34 @@ def lanczos_max(v0, tol, kmax, max_restarts, s, A, B, U, Sg, VtS, lam, scale_vec
         ``(θ, residual, matvecs, converged)``; not converged also when θ is not finite
         (NaN or overflow in the factors), which the caller's ARPACK fallback reports.
     """
+    return _lanczos_max(v0, tol, kmax, max_restarts, s, A, B, U, Sg, VtS, lam, scale_vec,
+                        code, pairs, cs, Q, not np.any(B))
+
+
+@njit(cache=True, nogil=True)
+def _lanczos_max(v0, tol, kmax, max_restarts, s, A, B, U, Sg, VtS, lam, scale_vec,
+                 code, pairs, cs, Q, b0):
+    """:func:`lanczos_max` with the choice of products given (THEORY §4).
+
+    Args:
+        v0, tol, kmax, max_restarts, s, A, B, U, Sg, VtS, lam, scale_vec, code, pairs, cs,
+            Q: as in :func:`lanczos_max`.
+        b0: products by :func:`hessian_matvec_b0` (B must then be zero) if true, by
+            :func:`hessian_matvec` otherwise.
+
+    Returns:
+        ``(θ, residual, matvecs, converged)``, as :func:`lanczos_max`.
+    """
     n = v0.size
+    m = B.shape[0]
     AS = A * lam
     ASAt = AS @ A.T
-    BtB = B.T @ B
+    BtB = np.empty((0, 0)) if b0 else B.T @ B
     k = min(kmax, n)
     V = np.empty((k, n))
     alpha = np.empty(k)
     beta = np.empty(k)
+    hV = np.empty(n)  # h @ V_j, reused
     x = v0 / np.linalg.norm(v0)
     theta, resid, nmv = np.nan, np.inf, 0
     for _ in range(max_restarts + 1):
@@ -249,18 +318,30 @@ def lanczos_max(v0, tol, kmax, max_restarts, s, A, B, U, Sg, VtS, lam, scale_vec
         y = np.ones(1)
         for j in range(k):
             vj = V[j]
-            w = hessian_matvec(vj, s, A, B, U, Sg, VtS, lam, AS, ASAt, BtB, scale_vec,
-                               code, pairs, cs, Q)
+            if b0:
+                w = hessian_matvec_b0(vj, s, A, m, U, Sg, VtS, lam, ASAt, scale_vec,
+                                      code, pairs, cs, Q)
+            else:
+                w = hessian_matvec(vj, s, A, B, U, Sg, VtS, lam, AS, ASAt, BtB, scale_vec,
+                                   code, pairs, cs, Q)
             nmv += 1
             a = np.dot(vj, w)
-            w -= a * vj
+            # In place, element by element: the operations of ``w -= a * vj``,
+            # ``w -= beta[j - 1] * V[j - 1]``, ``w -= h @ Vj`` and ``V[j + 1] = w / b``
+            # (each product rounded before the subtraction), without their temporaries.
+            for i in range(n):
+                w[i] -= a * vj[i]
             if j > 0:
-                w -= beta[j - 1] * V[j - 1]
+                bp, vp = beta[j - 1], V[j - 1]
+                for i in range(n):
+                    w[i] -= bp * vp[i]
             Vj = V[: j + 1]
             for _pass in range(2):
                 before = np.linalg.norm(w)
                 h = Vj @ w
-                w -= h @ Vj
+                np.dot(h, Vj, hV)  # the BLAS call of ``h @ Vj``, into hV
+                for i in range(n):
+                    w[i] -= hV[i]
                 a += h[j]
                 b = np.linalg.norm(w)
                 if b >= 0.7071067811865476 * before:
@@ -275,7 +356,9 @@ def lanczos_max(v0, tol, kmax, max_restarts, s, A, B, U, Sg, VtS, lam, scale_vec
                 return theta, resid, nmv, True
             beta[j] = b
             if j + 1 < k:
-                V[j + 1] = w / b
+                vn = V[j + 1]
+                for i in range(n):
+                    vn[i] = w[i] / b
         x = y @ V
         x /= np.linalg.norm(x)
     return theta, resid, nmv, False

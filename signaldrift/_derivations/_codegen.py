@@ -132,6 +132,8 @@ def _docstring() -> str:
         "Notation: s scale factor; n batch size; Σ = diag(λ); Sg = diag(σ⋆) (k×k);",
         "Δ⋆ = U·Sg·Vᵀ; (dA, dB) = (ΔA, ΔB) an optimiser step; (tA, tB) the direction of the",
         "Hessian-vector product; X (n×d) minibatch inputs, N (n×m) label noise, R (n×m) residual.",
+        f"Kernels named ``*{factorised.B0_SUFFIX}`` are the Hessian-vector product at B = 0 "
+        "(THEORY §4).",
         "Arguments:",
     ]
     for name in sorted(factorised.GRAMS, key=str.lower):
@@ -146,7 +148,7 @@ def _docstring() -> str:
 def render_factorised() -> str:
     """Source of ``signaldrift/_generated/factorised.py``."""
     chunks = [HEADER, _docstring(), "import numpy\nfrom numba import njit\n"]
-    for kernel in factorised.kernels():
+    for kernel in factorised.kernels() + factorised.b0_kernels():
         terms = factorised.factorised_terms(kernel)
         used = set().union(*(t.free_symbols for t in terms))
         unknown = {str(x) for x in used} - set(kernel.args) - {"m", "d", "r", "k", "n"}

@@ -6,6 +6,11 @@ matrices), expanded into words; :func:`~._algebra.factorise` rewrites each word,
 (Gram matrices such as ``BtB = BᵀB``, thin products such as ``AS = AΣ``, or plain factors).
 The result is verified three ways: the factorised words expand back to the dense ones; the
 two forms agree at explicit symbolic matrices; and they agree numerically in float64.
+
+:func:`b0_kernels` are the Hessian-vector product at B = 0 (THEORY §4: λ_max at
+initialisation), derived by setting the letter B to zero in the dense form. Their terms are
+those of the general kernels less the terms that hold B, in the same order, so at B = 0
+they do the general kernel's floating-point operations less additions of exact zeros.
 """
 
 from __future__ import annotations
@@ -119,6 +124,49 @@ def kernels() -> tuple[Kernel, ...]:
     )
 
 
+#: Kernels with a variant at B = 0 (:func:`b0_kernels`), and the suffix of its name.
+B0_OF = ("hvp_B", "hvp_A")
+B0_SUFFIX = "_b0"
+
+
+def _holds_B(arg: str) -> bool:
+    """Whether the kernel argument ``arg`` is B or a product with a factor B (zero at B = 0)."""
+    expr = GRAMS.get(arg, CONSTANTS.get(arg))
+    if expr is None:
+        return arg == "B"
+    return any(name == "B" for name, _ in word_of(expr))
+
+
+@functools.cache
+def b0_kernels() -> tuple[Kernel, ...]:
+    """The Hessian-vector product at B = 0, every entry of B zero (THEORY §4).
+
+    At initialisation (B = 0) λ_max is measured by Lanczos (:mod:`signaldrift._lanczos`), and
+    every term of ``hvp_A``, ``hvp_B`` with a factor B or BᵀB vanishes:
+    ``(HT)_A = −s·T_BᵀUΣ⋆VᵀΣ`` and ``(HT)_B = −s·UΣ⋆VᵀΣT_Aᵀ + s²·T_B·AΣAᵀ``. Each variant
+    is the general kernel's dense form with B substituted by the zero matrix, factorised
+    over the general kernel's arguments less those that hold B (``B``, ``BtB``, ``BttB``);
+    its arguments are those the result uses, in the general kernel's order. :func:`derive`
+    verifies it like the others and checks that its terms are the general kernel's terms
+    without B, in the same order.
+
+    Returns:
+        ``hvp_B_b0``, ``hvp_A_b0`` (the kernels of :data:`B0_OF` with :data:`B0_SUFFIX`).
+    """
+    general = {k.name: k for k in kernels()}
+    zero = {B: sp.ZeroMatrix(*B.shape)}
+    out = []
+    for name in B0_OF:
+        k = general[name]
+        trial = Kernel(name + B0_SUFFIX, tuple(a for a in k.args if not _holds_B(a)),
+                       k.dense.xreplace(zero).doit(), f"{k.doc}, at B = 0", k.trace, k.coeff)
+        ws = factorised_words(trial)
+        used = ws.letters() | {str(x) for _, c in ws.terms for x in c.free_symbols}
+        out.append(Kernel(trial.name, tuple(a for a in trial.args if a in used), trial.dense,
+                          trial.doc, trial.trace, trial.coeff))
+    return tuple(out)
+
+
 def token_defs(kernel: Kernel) -> tuple[dict, dict]:
     """The kernel's matrix arguments as tokens (name -> word) and its scalar constants."""
     defs, consts = {}, {}
@@ -179,7 +227,7 @@ def derive() -> Derivation:
     der = Derivation("factorised", TITLE)
     values = gram_values(random_point(5))
     subs = substitutions()
-    for kernel in kernels():
+    for kernel in kernels() + b0_kernels():
         fw = factorised_words(kernel)
         defs, consts = token_defs(kernel)
         expr = to_sympy(fw, shapes(), {c: sp.Symbol(c) for c in CONSTANTS})
@@ -192,4 +240,12 @@ def derive() -> Derivation:
         err = rel_err(evaluate(expr, values), evaluate(kernel.dense_sympy(), values))
         der.check(f"{kernel.name}: factorised = dense, float64 (rtol 1e-12)", err < 1e-12,
                   f"{err:.1e}")
+    general = {k.name: k for k in kernels()}
+    for kernel in b0_kernels():
+        full = general[kernel.name.removesuffix(B0_SUFFIX)]
+        kept = tuple((w, c) for w, c in factorised_words(full).terms
+                     if not any(_holds_B(name) for name, _ in w))
+        der.check(f"{kernel.name}: {full.name}'s terms without B, in the same order (the same "
+                  "floating-point operations less exact zeros)",
+                  factorised_words(kernel).terms == kept and len(kept) > 0)
     return der

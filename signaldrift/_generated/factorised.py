@@ -6,6 +6,7 @@ Derived from the dense forms and verified in ``signaldrift derive factorised``.
 Notation: s scale factor; n batch size; Σ = diag(λ); Sg = diag(σ⋆) (k×k);
 Δ⋆ = U·Sg·Vᵀ; (dA, dB) = (ΔA, ΔB) an optimiser step; (tA, tB) the direction of the
 Hessian-vector product; X (n×d) minibatch inputs, N (n×m) label noise, R (n×m) residual.
+Kernels named ``*_b0`` are the Hessian-vector product at B = 0 (THEORY §4).
 Arguments:
     AAt = A·Aᵀ (r×r)
     AS = A·Σ (r×d)
@@ -198,3 +199,18 @@ def hvp_A(s, BttB, BtB, AS, tAS, tBtU, Sg, VtS):
         + s**2*(BttB.T @ AS)
         - s*(tBtU @ Sg @ VtS)
     )
+
+
+@njit(cache=True)
+def hvp_B_b0(s, tB, U, Sg, ASAt, VStAt):
+    """B part of the Hessian-vector product H·(tA, tB) (THEORY §4), at B = 0."""
+    return (
+        -s*(U @ (Sg @ VStAt))
+        + s**2*(tB @ ASAt)
+    )
+
+
+@njit(cache=True)
+def hvp_A_b0(s, tBtU, Sg, VtS):
+    """A part of the Hessian-vector product H·(tA, tB) (THEORY §4), at B = 0."""
+    return -s*(tBtU @ Sg @ VtS)
