@@ -33,6 +33,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._seeding import rng_for
+from ._vector_ir import I32 as _I32, LANES as _LANES, VEC as _VEC
+from ._vector_ir import i64 as _i64, splat as _splat
 
 __all__ = ["Basis", "BASIS_EIGEN", "BASIS_GIVENS", "BASIS_DENSE", "to_features", "to_eigen"]
 
@@ -59,22 +61,6 @@ _KINDS = {"eigen": BASIS_EIGEN, "givens": BASIS_GIVENS, "dense": BASIS_DENSE}
 # fmul/fsub/fadd without fast-math flags, so LLVM neither contracts them into FMAs nor
 # reorders them.
 
-_LANES = 4
-_F64 = ir.DoubleType()
-_I64 = ir.IntType(64)
-_I32 = ir.IntType(32)
-_VEC = ir.VectorType(_F64, _LANES)
-
-
-def _i64(v):
-    return ir.Constant(_I64, v)
-
-
-def _splat(builder, x):
-    v = ir.Constant(_VEC, ir.Undefined)
-    for t in range(_LANES):
-        v = builder.insert_element(v, x, ir.Constant(_I32, t))
-    return v
 
 
 def _pair_elem(context, builder, aty, arr, flat):

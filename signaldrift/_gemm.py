@@ -26,30 +26,17 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ._vector_ir import F64 as _F64, LANES as _LANES, VEC as _VEC
+from ._vector_ir import i64 as _i64, splat as _splat
+
 __all__ = ["matmul", "transpose_into"]
 
-_LANES = 4
-_F64 = ir.DoubleType()
-_I64 = ir.IntType(64)
-_I32 = ir.IntType(32)
-_VEC = ir.VectorType(_F64, _LANES)
 #: Rows of a tile: MR·NV accumulators, NV vectors of Y and one broadcast fit in 16 registers.
 MR = 4
 #: Panel of l: the tiles of a row block sweep l in panels of KB, so Y's panel (KB × 8
 #: doubles, 16 KiB) stays in the L1 cache while every row tile reads it. A tile resumes
 #: from the values it stored (exact), so the sums are the same bits as one sweep.
 KB = 256
-
-
-def _i64(v):
-    return ir.Constant(_I64, v)
-
-
-def _splat(builder, x):
-    v = ir.Constant(_VEC, ir.Undefined)
-    for t in range(_LANES):
-        v = builder.insert_element(v, x, ir.Constant(_I32, t))
-    return v
 
 
 def _is_f64_2d(a, layout=None):

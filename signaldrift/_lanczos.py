@@ -58,16 +58,28 @@ def hessian_matvec(x, s, A, B, U, Sg, VtS, lam, AS, ASAt, BtB, scale_vec,
     Returns:
         (n,) the product, a new array.
     """
-    r, d = A.shape
-    m = B.shape[0]
+    tA, tB = _split(x, scale_vec, A.shape[0], A.shape[1], B.shape[0], code, pairs, cs, Q)
+    hB = hvp_B(s, tB, B, U, Sg, ASAt, AS @ tA.T, VtS @ tA.T)
+    hA = hvp_A(s, B.T @ tB, BtB, AS, tA * lam, tB.T @ U, Sg, VtS)
+    return _join(hA, hB, scale_vec, code, pairs, cs, Q)
+
+
+@njit(cache=True, nogil=True)
+def _split(x, scale_vec, r, d, m, code, pairs, cs, Q):
+    """``(T_A, T_B)`` of ``S x``: T_A (r, d) rotated to Σ's eigen-coordinates, T_B (m, r)."""
     nA = r * d
     xs = x * scale_vec if scale_vec.size else x
     tA = to_eigen(np.ascontiguousarray(xs[:nA]).reshape(r, d), code, pairs, cs, Q)
     tB = np.ascontiguousarray(xs[nA:]).reshape(m, r)
-    hB = hvp_B(s, tB, B, U, Sg, ASAt, AS @ tA.T, VtS @ tA.T)
-    hA = to_features(hvp_A(s, B.T @ tB, BtB, AS, tA * lam, tB.T @ U, Sg, VtS),
-                     code, pairs, cs, Q)
-    y = np.empty(x.size)
+    return tA, tB
+
+
+@njit(cache=True, nogil=True)
+def _join(hA, hB, scale_vec, code, pairs, cs, Q):
+    """``S·(hA Qᵀ, hB)`` flattened: the A-block rotated back to feature coordinates."""
+    hA = to_features(hA, code, pairs, cs, Q)
+    nA = hA.size
+    y = np.empty(nA + hB.size)
     y[:nA] = hA.ravel()
     y[nA:] = hB.ravel()
     if scale_vec.size:
@@ -96,19 +108,9 @@ def hessian_matvec_b0(x, s, A, m, U, Sg, VtS, lam, ASAt, scale_vec, code, pairs,
     Returns:
         (n,) the product, a new array.
     """
-    r, d = A.shape
-    nA = r * d
-    xs = x * scale_vec if scale_vec.size else x
-    tA = to_eigen(np.ascontiguousarray(xs[:nA]).reshape(r, d), code, pairs, cs, Q)
-    tB = np.ascontiguousarray(xs[nA:]).reshape(m, r)
+    tA, tB = _split(x, scale_vec, A.shape[0], A.shape[1], m, code, pairs, cs, Q)
     hB = hvp_B_b0(s, tB, U, Sg, ASAt, VtS @ tA.T)
-    hA = to_features(hvp_A_b0(s, tB.T @ U, Sg, VtS), code, pairs, cs, Q)
-    y = np.empty(x.size)
-    y[:nA] = hA.ravel()
-    y[nA:] = hB.ravel()
-    if scale_vec.size:
-        y *= scale_vec
-    return y
+    return _join(hvp_A_b0(s, tB.T @ U, Sg, VtS), hB, scale_vec, code, pairs, cs, Q)
 
 
 @njit(cache=True, nogil=True)

@@ -91,9 +91,9 @@ __all__ = [
 # The modules whose source determines what `simulate` returns for a config.
 _SIMULATOR_SOURCES = ("_config.py", "_task.py", "_basis.py", "_rng.py", "_seeding.py",
                       "_init.py", "_scaling.py", "_schedules.py", "_sampling.py",
-                      "_gemm.py", "_kernels.py", "_simulate.py", "_result.py",
-                      "_sharpness.py", "_lanczos.py",
-                      "_reduced.py", "_flow.py", "_generated/factorised.py",
+                      "_vector_ir.py", "_gemm.py", "_kernels.py", "_simulate.py",
+                      "_result.py", "_sharpness.py", "_lanczos.py", "_reduced.py", "_flow.py",
+                      "_generated/factorised.py",
                       "_generated/reduced.py")
 
 
