@@ -15,7 +15,9 @@ BLAS, another processor may round differently).
 X may be any 2-D view (``A.T`` included: its strides are read in the micro-kernel); Y and C
 must be C-contiguous. Products with fewer than four columns go to BLAS (``np.dot``), whose
 calls cost little there; columns past the last multiple of four are summed in plain loops in
-the same order.
+the same order, with a multiply and an add (two roundings where the tiles round once): which
+columns those are depends only on N, so a run's bits still do not depend on how it is
+blocked.
 """
 
 from __future__ import annotations
@@ -137,15 +139,20 @@ def matmul(X, Y, C):
 
     Tiles of MR × 8 columns (then one of MR × 4) by the <4 x double> micro-kernels, each
     entry summed over l in increasing order with fused multiply–adds (in panels of
-    :data:`KB` values of l, resumed exactly); the last N mod 4
-    columns in plain loops in the same order; N < 4 by BLAS. K = 0 gives zeros.
+    :data:`KB` values of l, resumed exactly); the last N mod 4 columns in plain loops in
+    the same order (multiply, then add); N < 4 by BLAS. K = 0 gives zeros.
 
     Args:
         X: (M, K) float64. Y: (K, N) float64, C-contiguous. C: (M, N) float64, C-contiguous,
             not overlapping X or Y.
+
+    Raises:
+        ValueError: if the shapes do not match (the micro-kernels do not check bounds).
     """
     M, K = X.shape
     N = Y.shape[1]
+    if Y.shape[0] != K or C.shape[0] != M or C.shape[1] != N:
+        raise ValueError("matmul: shapes of X (M, K), Y (K, N) and C (M, N) do not match")
     if N < _LANES:
         np.dot(X, Y, C)
         return

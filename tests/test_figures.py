@@ -468,3 +468,24 @@ def test_F5_predicted_stability_in_workers_is_the_loop_over_ranks():
                 ref[j, k] = 0.5 * eta * float(f5.closed_form(f5.scale_of(rule, spec, r), mu, g))
     assert np.isnan(ref[:, -1]).all() and np.isfinite(ref[:, :-1]).all()
     np.testing.assert_array_equal(_bits(got), _bits(ref))
+
+
+@pytest.mark.parametrize("rc", ["figure.constrained_layout.use", "figure.autolayout"])
+def test_a_frozen_layout_survives_saving_under_an_automatic_layout_rc(rc, tmp_path):
+    # savefig sets the layout engine back through set_layout_engine(None), which reads the
+    # rcParams: a matplotlibrc asking for automatic layout must not lay a frozen figure out
+    # again between its PNG and its PDF (the axes would move).
+    import matplotlib as mpl
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    with mpl.rc_context({rc: True}):
+        fig = Figure(layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        ax.plot([1, 2])
+        ax.set_xlabel("a long label " * 3)
+        _common.freeze_layout(fig)
+        before = ax.get_position().bounds
+        _common.save_figure(fig, tmp_path / "x")
+        assert fig.get_layout_engine() is None
+        assert ax.get_position().bounds == before

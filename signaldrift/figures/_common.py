@@ -485,6 +485,15 @@ def save_figure(fig: Figure, save_to: str | Path | None, *, dpi: int = DPI) -> l
     targets = [p] if p.suffix.lower() in (".png", ".pdf") else [
         p.with_name(p.name + ".png"), p.with_name(p.name + ".pdf")]
     freeze_layout(fig)  # one layout pass for both files (savefig would lay out each)
+    # savefig removes the layout engine while it writes and then sets it back with
+    # set_layout_engine(None), which reads these rcParams: keep them off, or a user's
+    # matplotlibrc would give the frozen figure an engine back after the first file.
+    with _no_auto_layout():
+        _save_targets(fig, targets, dpi)
+    return targets
+
+
+def _save_targets(fig: Figure, targets: list[Path], dpi: int) -> None:
     for t in targets:
         # Fixed metadata keeps PDFs byte-stable between identical runs.
         if t.suffix.lower() == ".pdf":
@@ -492,7 +501,13 @@ def save_figure(fig: Figure, save_to: str | Path | None, *, dpi: int = DPI) -> l
         else:  # zlib level 3: ~40% less time than the default 6, files ~7% larger
             fig.savefig(t, dpi=max(int(dpi), DPI), metadata={"Software": None},
                         pil_kwargs={"compress_level": 3})
-    return targets
+
+
+def _no_auto_layout():
+    """rcParams under which ``set_layout_engine(None)`` leaves a figure without an engine."""
+    import matplotlib as mpl
+
+    return mpl.rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False})
 
 
 def _has_positive(ax, axis: str) -> bool:
@@ -649,10 +664,11 @@ def _freeze(fig: Figure) -> None:
     No engine at all, not ``set_layout_engine("none")``: that leaves a placeholder engine,
     and ``savefig`` draws a figure with any engine once more, unrendered, before the draw
     it writes (a third of the time of each file). ``set_layout_engine(None)`` removes the
-    engine when the rcParams ask for no automatic layout, which they are made to here."""
-    import matplotlib as mpl
-
-    with mpl.rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}):
+    engine when the rcParams ask for no automatic layout, which they are made to here (and
+    in :func:`save_figure`, around ``savefig``, which sets the engine back the same way; a
+    ``savefig`` of a frozen figure elsewhere under a matplotlibrc that turns on automatic
+    layout lays it out again)."""
+    with _no_auto_layout():
         fig.set_layout_engine(None)
     ren = fig.canvas.get_renderer()
     for ax in fig.axes:
