@@ -365,14 +365,6 @@ def lora_train_loss(s, A, B, U, Sg, Xtr, XVtr, Ntr):
     return 0.5 * np.sum(R * R) / Xtr.shape[0]
 
 
-@njit(cache=True)
-def _stack_B(B, F):
-    """``F[:, :r] = B`` (F = [B, U] holds U in its last k columns)."""
-    for i in range(B.shape[0]):
-        for j in range(B.shape[1]):
-            F[i, j] = B[i, j]
-
-
 @njit(cache=True, error_model="numpy")
 def _population_grams(A, B, lam, H, F, P, Gm, At):
     """The step's Gram products, two GEMMs on stacked thin factors
@@ -383,7 +375,9 @@ def _population_grams(A, B, lam, H, F, P, Gm, At):
     for i in range(r):
         for j in range(d):
             H[i, j] = A[i, j] * lam[j]
-    _stack_B(B, F)
+    for i in range(B.shape[0]):
+        for j in range(r):
+            F[i, j] = B[i, j]
     transpose_into(A, At)
     matmul(H, At, P)
     matmul(F.T, B, Gm)
@@ -454,13 +448,13 @@ def _population_grads(s, sig, H, F, P, Gm, Ca, Cb, gA, gB):
 
 
 @njit(cache=True, error_model="numpy")
-def _batch_grads(s, X, XV, N, A, B, U, sig, F, Ft, At, XA, Xd, R, RB, gA, gB):
+def _batch_grads(s, X, XV, N, A, B, sig, Ft, At, XA, Xd, R, RB, gA, gB):
     """Minibatch / training-set gradients (THEORY §2; the generated ``batch_residual``,
     ``batch_grad_A``, ``batch_grad_B``) into preallocated buffers:
     ``R = s·XAᵀBᵀ − XV·diag σ⋆·Uᵀ − N = [s·XAᵀ, −XV·diag σ⋆]·Fᵀ − N``,
     ``∇_B = (s/n)RᵀXAᵀ``, ``∇_A = (s/n)(RB)ᵀX``, every product by
-    :func:`~signaldrift._gemm.matmul` (``Ft = Fᵀ`` and ``At = Aᵀ`` are filled here; Ft's
-    last k rows hold Uᵀ). Leaves R (n × m) in place."""
+    :func:`~signaldrift._gemm.matmul` (``Ft = Fᵀ = [B, U]ᵀ``, whose last k rows hold Uᵀ,
+    and ``At = Aᵀ`` are filled here). Leaves R (n × m) in place."""
     n = X.shape[0]
     r = A.shape[0]
     k = sig.size
@@ -567,11 +561,9 @@ def lora_run(t0, t1, A, B, bufA, bufB, sqA, sqB,
     for t in range(t0, t1):
         record = t % record_every == 0
         i = t // record_every
-        if nb > 0 and not record and _loss_surely_within(s, A, B, lam, c_loss, bound):
-            # Sampled gradients need only F = [B, U]; the Gram products served the
-            # divergence check alone, which the cheap bound has passed.
-            _stack_B(B, F)
-        else:
+        # With sampled gradients the Gram products serve the divergence check alone:
+        # skipped where the cheap bound already passes it.
+        if not (nb > 0 and not record and _loss_surely_within(s, A, B, lam, c_loss, bound)):
             _population_grams(A, B, lam, H, F, P, Gm, At)
             L = _trace_loss(s, P, Gm, sig, c_loss, r)
             if not (np.isfinite(L) and L <= bound):
@@ -586,9 +578,9 @@ def lora_run(t0, t1, A, B, bufA, bufB, sqA, sqB,
                 draw_minibatch(t, key_x, key_e, key_ep, sqrt_lam, noise, Xtr, Ntr, perm, idx,
                                Xb, Nb, no_z, no_z)
             matmul(Xb, V, XVb)
-            _batch_grads(s, Xb, XVb, Nb, A, B, U, sig, F, Ft, At, XA, Xd, R, RB, gA, gB)
+            _batch_grads(s, Xb, XVb, Nb, A, B, sig, Ft, At, XA, Xd, R, RB, gA, gB)
         elif has_train:
-            _batch_grads(s, Xtr, XVtr, Ntr, A, B, U, sig, F, Ft, At, XA, Xd, R, RB, gA, gB)
+            _batch_grads(s, Xtr, XVtr, Ntr, A, B, sig, Ft, At, XA, Xd, R, RB, gA, gB)
         else:
             _population_grads(s, sig, H, F, P, Gm, Ca, Cb, gA, gB)
         if record:

@@ -83,3 +83,11 @@ def test_transpose_into_writes_the_transpose():
     Yt = np.full((6, 4), np.nan)
     transpose_into(Y, Yt)
     assert np.array_equal(Yt, Y.T)
+
+
+def test_mismatched_shapes_are_refused():
+    # The micro-kernels do not check bounds: matmul checks the shapes once instead.
+    with pytest.raises(ValueError, match="shapes"):
+        matmul(np.ones((4, 5)), np.ones((6, 8)), np.empty((4, 8)))
+    with pytest.raises(ValueError, match="shapes"):
+        matmul(np.ones((4, 5)), np.ones((5, 8)), np.empty((3, 8)))

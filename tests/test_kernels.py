@@ -97,14 +97,14 @@ def test_population_gradients_equal_the_generated_ones(seed):
 def test_batch_gradients_equal_the_generated_ones(seed):
     p = _setup(seed)
     A, B, s, X, N, U = p["A"], p["B"], p["s"], p["X"], p["N"], p["U"]
-    H, F, P, Gm = _stacked(p)
     n, r, k, m = p["n"], p["r"], p["k"], p["m"]
     XV = X @ p["V"]
     R = np.empty((n, m))
     gA, gB = np.empty_like(A), np.empty_like(B)
     Ft = np.empty((r + k, m))
     Ft[r:] = U.T
-    K._batch_grads(s, X, XV, N, A, B, U, p["sig"], F, Ft, np.empty((p["d"], r)), np.empty((n, r)),
+    Ft[:r] = np.nan  # filled with Bᵀ by _batch_grads
+    K._batch_grads(s, X, XV, N, A, B, p["sig"], Ft, np.empty((p["d"], r)), np.empty((n, r)),
                    np.empty((n, r + k)), R, np.empty((n, r)), gA, gB)
     R_gen = gen.batch_residual(s, B, X @ A.T, U, p["Sg"], XV, N)
     _close(R, R_gen)

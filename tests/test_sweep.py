@@ -446,6 +446,27 @@ def test_cache_key_changes_with_the_simulator_code(monkeypatch):
     assert sweep.CACHE_VERSION.endswith(before)
 
 
+def test_the_fingerprint_covers_every_module_a_simulation_imports():
+    # Every module that the simulating code imports is either hashed into the cache key or
+    # is infrastructure that does not change what a run returns (listed here on purpose):
+    # a new kernel module (e.g. _gemm, _lanczos) left out would let a stale cache be read.
+    import subprocess
+    import sys
+
+    from signaldrift._sweep import _SIMULATOR_SOURCES
+
+    code = ("import sys, signaldrift._simulate, signaldrift._sharpness, signaldrift._reduced, "
+            "signaldrift._flow; print(' '.join(m for m in sys.modules "
+            "if m.startswith('signaldrift.')))")
+    mods = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.split()
+    infrastructure = {"_compile", "_jit_cache", "_memory", "_paths", "_pool", "_progress",
+                      "_sweep", "_generated"}
+    files = {m.split(".", 1)[1].replace(".", "/") + ".py" for m in mods
+             if m.split(".", 1)[1] not in infrastructure}
+    assert files <= set(_SIMULATOR_SOURCES), sorted(files - set(_SIMULATOR_SOURCES))
+
+
 def test_cli_cache_and_no_cache_conflict(tmp_path):
     with pytest.raises(ConfigError, match="--cache c and --no-cache conflict"):
         run_cli(["--lr", "1e-3,1e-2", "--cache", "c", "--no-cache",
