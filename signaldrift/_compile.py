@@ -1,7 +1,7 @@
 """Numba's first-run compile: tell the user, and compile once before workers fork.
 
 The kernels are compiled with ``cache=True``: the first run on a machine (or after the
-kernels' source changed) compiles them, which takes about a minute on 2 cores and would
+kernels' source changed) compiles them, which takes one to two minutes on 2 cores and would
 otherwise look like a hang. :func:`announce_compile` prints one line on stderr when Numba's
 on-disk cache holds no current compiled code for a kernel about to be used;
 :func:`warm_up` compiles them in this process, so that forked workers inherit the compiled
@@ -54,7 +54,7 @@ def announce_compile(models: Iterable[str] = ("lora", "full"), *,
     cold = kernels_cold(models)
     if cold and not _announced:
         _announced = True
-        print("signaldrift: compiling Numba kernels (first run only, about a minute; "
+        print("signaldrift: compiling Numba kernels (first run only, 1-2 minutes; "
               "later runs load them from the cache)...", file=stream or sys.stderr,
               flush=True)
     return cold

@@ -1,7 +1,7 @@
 """Keep Numba's on-disk cache consistent with the package's source.
 
 Numba's ``cache=True`` keys a function's cached machine code on its own source file only:
-when ``_rng.py`` changes, the cached ``_kernels.lora_run`` (which inlined the old sampler)
+when ``_rng.py`` changes, the cached ``_kernels.lora_block`` (which inlined the old sampler)
 is still loaded. :func:`purge_stale` stores a fingerprint of the source files that can
 reach compiled code (:func:`compiled_sources`) next to the cache
 (``__pycache__/signaldrift-jit.stamp``) and, when the fingerprint differs, deletes the

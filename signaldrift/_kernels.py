@@ -480,15 +480,21 @@ def _batch_grads(s, X, XV, N, A, B, sig, Ft, At, XA, Xd, R, RB, gA, gB):
     matmul(RB.T, X, gA)
 
 
-@njit(cache=True, error_model="numpy")
-def lora_run(t0, t1, A, B, bufA, bufB, sqA, sqB,
-             s, lam, U, V, sig, Sg, VtS, c_loss,
-             lrs, lr_ratio, n, key_x, key_e, noise, Xtr, XVtr, Ntr, key_ep, Zs, Xis,
-             opt, momentum, nesterov, beta1, beta2, eps, eps_b, wd,
-             code, pairs, cs, Q,
-             record_every, bound, loss, train_loss, rec):
+@njit(cache=True, error_model="numpy", inline="always")
+def lora_run(t0, t1, state, task, data, optim, basis, out):
     """Advance one configuration's LoRA (A, B) over steps [t0, t1) in place; record
     THEORY §3's terms.
+
+    The arguments come in six tuples, ``state = (A, B, bufA, bufB, sqA, sqB)``,
+    ``task = (s, lam, U, V, sig, Sg, VtS, c_loss)``,
+    ``data = (n, key_x, key_e, noise, Xtr, XVtr, Ntr, key_ep, Zs, Xis)``,
+    ``optim = (lrs, lr_ratio, opt, momentum, nesterov, beta1, beta2, eps, eps_b, wd)``,
+    ``basis = (code, pairs, cs, Q)`` and ``out = (record_every, bound, loss, train_loss,
+    rec)``, so that the call fits in Python's plain call (more than 30 arguments compile
+    to a ``*args`` call, which Numba cannot inline), and it is inlined into its one caller,
+    :func:`lora_block` (``inline="always"``). Compiled separately, its whole call tree was
+    optimised and compiled to machine code twice, once here and once in the block kernel:
+    about a fifth of the cold compile.
 
     A step costs four thin GEMMs on stacked factors (:func:`_population_grams`,
     :func:`_population_grads`; with minibatches :func:`_batch_grads`) and two fused
@@ -524,6 +530,12 @@ def lora_run(t0, t1, A, B, bufA, bufB, sqA, sqB,
         (status, t): ``STATUS_OK`` and t1, or ``STATUS_DIVERGED`` and the step at which the
         loss was non-finite or above ``bound`` (the state is left at that step).
     """
+    A, B, bufA, bufB, sqA, sqB = state
+    s, lam, U, V, sig, Sg, VtS, c_loss = task
+    n, key_x, key_e, noise, Xtr, XVtr, Ntr, key_ep, Zs, Xis = data
+    lrs, lr_ratio, opt, momentum, nesterov, beta1, beta2, eps, eps_b, wd = optim
+    code, pairs, cs, Q = basis
+    record_every, bound, loss, train_loss, rec = out
     has_train = Xtr.shape[0] > 0
     minibatch = n > 0
     r, d = A.shape
@@ -603,7 +615,7 @@ def lora_run(t0, t1, A, B, bufA, bufB, sqA, sqB,
     return STATUS_OK, t1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _record_lora(s, A, B, A1, B1, lam, U, V, sig, Sg, VtS, P, Gm, H, r, loss, rec, i):
     """Step i's records (RECORD_NAMES) from the state (A, B) before and (A1, B1) after
     the step; ``P``, ``Gm``, ``H`` hold the step's Gram products and AΣ
@@ -679,18 +691,20 @@ def full_train_loss(Delta, Dstar, Xtr, Ntr):
     return 0.5 * np.sum(R * R) / Xtr.shape[0]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def full_run(t0, t1, Delta, buf, sq, Dstar, lam, lrs, n, key_x, key_e, noise, Xtr, Ntr,
              key_ep, opt, momentum, nesterov, beta1, beta2, eps, wd,
-             code, pairs, cs, Q, record_every, bound, loss, train_loss, rec):
+             basis, record_every, bound, loss, train_loss, rec):
     """Advance one configuration's full fine-tuning (W = W₀ + Δ, THEORY §2 baseline) over
     [t0, t1), dense.
 
     Δ and Δ⋆ are (m, d) in Σ's eigen-coordinates (Adam's moments in the features). The
     update is all signal: S = ΔW, D = 0, ρ = 0. ``adapter_norm`` is ‖Δ‖; ``A_norm``,
     ``B_norm`` and ``subspace_overlap`` (adapter quantities) are NaN. Arguments and return
-    value as :func:`lora_run`.
+    value as :func:`lora_run`, unpacked but for ``basis = (code, pairs, cs, Q)`` (30
+    arguments at most: it is inlined into :func:`full_block`, as :func:`lora_run` is).
     """
+    code, pairs, cs, Q = basis
     has_train = Xtr.shape[0] > 0
     minibatch = n > 0
     m, d = Delta.shape
@@ -768,7 +782,7 @@ def full_run(t0, t1, Delta, buf, sq, Dstar, lam, lrs, n, key_x, key_e, noise, Xt
 SHARED_SAMPLE_DOUBLES = 65536
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def lora_block(which, t0, t1, A, B, bufA, bufB, sqA, sqB, s, lam, U, V, sig, Sg, VtS,
                c_loss, lrs, lr_ratio, n, key_x, key_e, noise, Xtr, XVtr, Ntr, key_ep,
                opt, momentum, nesterov, beta1, beta2, eps, eps_b, wd, code, pairs, cs, Q,
@@ -786,60 +800,37 @@ def lora_block(which, t0, t1, A, B, bufA, bufB, sqA, sqB, s, lam, U, V, sig, Sg,
     stream's key and its position), so the configurations of ``which`` with the same keys
     ``(key_x, key_e)`` advance together, a chunk of steps at a time
     (:data:`SHARED_SAMPLE_DOUBLES`), from standard normals drawn once per chunk for all of
-    them (:func:`_shared_minibatch_runs`). The Box–Muller draws, most of a minibatch step
-    at small d, are then paid once per seed instead of once per configuration.
+    them. The Box–Muller draws, most of a minibatch step at small d, are then paid once
+    per seed instead of once per configuration. Otherwise each configuration is a group of
+    its own, advanced over [t0, t1) in one chunk. Both paths share one call site of the
+    inlined :func:`lora_run`, so the compiled kernel holds one copy of the step.
 
     It releases the GIL (``nogil``), so the driver runs disjoint ``which`` in parallel
     threads (:func:`signaldrift.simulate_block`); each configuration's arithmetic is that
     of running it alone (the same samples, the same operations, segments of steps change
     nothing), so results do not depend on the block or the number of threads.
     (A ``prange`` loop did the same but doubled the cold compile time.)"""
-    if n > 0 and Xtr.shape[1] == 0:
-        _shared_minibatch_runs(which, t0, t1, A, B, bufA, bufB, sqA, sqB, s, lam, U, V, sig,
-                               Sg, VtS, c_loss, lrs, lr_ratio, n, key_x, key_e, noise, Xtr,
-                               XVtr, Ntr, key_ep, opt, momentum, nesterov, beta1, beta2, eps,
-                               eps_b, wd, code, pairs, cs, Q, record_every, bound, loss,
-                               train_loss, rec, status, stop, last, final)
-        return
-    no_z = np.zeros((0, 0, 0))
-    for c in which:
-        if status[c] != STATUS_OK:
-            continue
-        st, t = lora_run(t0, t1, A[c], B[c], bufA[c], bufB[c], sqA[c], sqB[c], s[c], lam[c],
-                         U[c], V[c], sig[c], Sg[c], VtS[c], c_loss[c], lrs[c], lr_ratio[c],
-                         n, key_x[c], key_e[c], noise[c], Xtr[c], XVtr[c], Ntr[c],
-                         key_ep[c], no_z, no_z, opt, momentum[c], nesterov, beta1[c],
-                         beta2[c], eps[c], eps_b[c], wd[c], code, pairs[c], cs[c], Q[c],
-                         record_every, bound[c], loss[c], train_loss[c], rec[c])
-        status[c] = st
-        stop[c] = t
-        if last or st != STATUS_OK:
-            final[c] = lora_loss(s[c], A[c], B[c], lam[c], U[c], sig[c], V[c])
-
-
-@njit(cache=True)
-def _shared_minibatch_runs(which, t0, t1, A, B, bufA, bufB, sqA, sqB, s, lam, U, V, sig, Sg,
-                           VtS, c_loss, lrs, lr_ratio, n, key_x, key_e, noise, Xtr, XVtr,
-                           Ntr, key_ep, opt, momentum, nesterov, beta1, beta2, eps, eps_b,
-                           wd, code, pairs, cs, Q, record_every, bound, loss, train_loss,
-                           rec, status, stop, last, final):
-    """:func:`lora_block` with fresh minibatches: the configurations of ``which`` grouped
-    by their streams ``(key_x, key_e)``; for each group, steps [t0, t1) in chunks of
-    T = max(1, ⌊:data:`SHARED_SAMPLE_DOUBLES`/(n·d)⌋) steps: the chunk's standard normals
-    (:func:`._rng.normals` at the positions :func:`._rng.minibatch` reads) are drawn once,
-    then each configuration of the group still running advances over the chunk
-    (:func:`lora_run` on the segment, which reads them)."""
+    shared = n > 0 and Xtr.shape[1] == 0
     d = A.shape[2]
     m = B.shape[1]
-    T = max(1, SHARED_SAMPLE_DOUBLES // (n * d))
-    Z = np.empty((T, n, d))
-    Xi = np.empty((T, n, m))
-    # Group by stream: a stable sort on key_x, then runs of equal (key_x, key_e).
-    order = which[np.argsort(key_x[which], kind="mergesort")]
+    if shared:
+        # Grouped by stream: a stable sort on key_x, then runs of equal (key_x, key_e),
+        # advanced T steps at a time from the chunk's standard normals.
+        T = max(1, SHARED_SAMPLE_DOUBLES // (n * d))
+        order = which[np.argsort(key_x[which], kind="mergesort")]
+        Z = np.empty((T, n, d))
+        Xi = np.empty((T, n, m))
+    else:
+        # Each configuration alone, in one chunk, drawing (if at all) inside lora_run.
+        T = max(1, t1 - t0)
+        order = which
+        Z = np.empty((0, 0, 0))
+        Xi = np.empty((0, 0, 0))
+    # One call site of lora_run (inlined) for both paths: one copy of the step.
     g0 = 0
     while g0 < order.size:
         g1 = g0 + 1
-        while (g1 < order.size and key_x[order[g1]] == key_x[order[g0]]
+        while (shared and g1 < order.size and key_x[order[g1]] == key_x[order[g0]]
                and key_e[order[g1]] == key_e[order[g0]]):
             g1 += 1
         group = order[g0:g1]
@@ -850,7 +841,7 @@ def _shared_minibatch_runs(which, t0, t1, A, B, bufA, bufB, sqA, sqB, s, lam, U,
                 with_noise = True
         kx, ke = key_x[group[0]], key_e[group[0]]
         a = t0
-        while a < t1:
+        while True:
             b = min(a + T, t1)
             running = False
             for c in group:
@@ -858,32 +849,37 @@ def _shared_minibatch_runs(which, t0, t1, A, B, bufA, bufB, sqA, sqB, s, lam, U,
                     running = True
             if not running:
                 break
-            for t in range(a, b):
-                normals(kx, t * n * d, Z[t - a])
-                if with_noise:
-                    normals(ke, t * n * m, Xi[t - a])
+            if shared:
+                for t in range(a, b):
+                    normals(kx, t * n * d, Z[t - a])
+                    if with_noise:
+                        normals(ke, t * n * m, Xi[t - a])
             for c in group:
                 if status[c] != STATUS_OK:
                     continue
-                st, t = lora_run(a, b, A[c], B[c], bufA[c], bufB[c], sqA[c], sqB[c], s[c],
-                                 lam[c], U[c], V[c], sig[c], Sg[c], VtS[c], c_loss[c], lrs[c],
-                                 lr_ratio[c], n, key_x[c], key_e[c], noise[c], Xtr[c],
-                                 XVtr[c], Ntr[c], key_ep[c], Z, Xi, opt,
-                                 momentum[c], nesterov, beta1[c], beta2[c], eps[c], eps_b[c],
-                                 wd[c], code, pairs[c], cs[c], Q[c], record_every, bound[c],
-                                 loss[c], train_loss[c], rec[c])
+                st, t = lora_run(
+                    a, b, (A[c], B[c], bufA[c], bufB[c], sqA[c], sqB[c]),
+                    (s[c], lam[c], U[c], V[c], sig[c], Sg[c], VtS[c], c_loss[c]),
+                    (n, key_x[c], key_e[c], noise[c], Xtr[c], XVtr[c], Ntr[c], key_ep[c], Z,
+                     Xi),
+                    (lrs[c], lr_ratio[c], opt, momentum[c], nesterov, beta1[c], beta2[c],
+                     eps[c], eps_b[c], wd[c]),
+                    (code, pairs[c], cs[c], Q[c]),
+                    (record_every, bound[c], loss[c], train_loss[c], rec[c]))
                 status[c] = st
                 stop[c] = t
                 if st != STATUS_OK:
                     final[c] = lora_loss(s[c], A[c], B[c], lam[c], U[c], sig[c], V[c])
             a = b
+            if a >= t1:
+                break
         if last:
             for c in group:
                 if status[c] == STATUS_OK:
                     final[c] = lora_loss(s[c], A[c], B[c], lam[c], U[c], sig[c], V[c])
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def full_block(which, t0, t1, Delta, buf, sq, Dstar, lam, lrs, n, key_x, key_e, noise, Xtr,
                Ntr, key_ep, opt, momentum, nesterov, beta1, beta2, eps, wd, code, pairs, cs,
                Q, record_every, bound, loss, train_loss, rec, status, stop):
@@ -894,8 +890,8 @@ def full_block(which, t0, t1, Delta, buf, sq, Dstar, lam, lrs, n, key_x, key_e, 
             continue
         st, t = full_run(t0, t1, Delta[c], buf[c], sq[c], Dstar[c], lam[c], lrs[c], n,
                          key_x[c], key_e[c], noise[c], Xtr[c], Ntr[c], key_ep[c], opt,
-                         momentum[c], nesterov, beta1[c], beta2[c], eps[c], wd[c], code,
-                         pairs[c], cs[c], Q[c], record_every, bound[c], loss[c],
+                         momentum[c], nesterov, beta1[c], beta2[c], eps[c], wd[c],
+                         (code, pairs[c], cs[c], Q[c]), record_every, bound[c], loss[c],
                          train_loss[c], rec[c])
         status[c] = st
         stop[c] = t

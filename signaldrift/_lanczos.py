@@ -36,7 +36,7 @@ __all__ = ["hessian_matvec", "hessian_matvec_b0", "lanczos_max", "top_ritz"]
 _EPS = np.finfo(np.float64).eps
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def hessian_matvec(x, s, A, B, U, Sg, VtS, lam, AS, ASAt, BtB, scale_vec,
                    code, pairs, cs, Q):
     """``y = S H S x`` on flattened θ = (A.ravel(), B.ravel()) (THEORY §4).
@@ -87,7 +87,7 @@ def _join(hA, hB, scale_vec, code, pairs, cs, Q):
     return y
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def hessian_matvec_b0(x, s, A, m, U, Sg, VtS, lam, ASAt, scale_vec, code, pairs, cs, Q):
     """``y = S H S x`` at B = 0 (every entry of B zero), as :func:`hessian_matvec` (THEORY §4).
 
@@ -288,7 +288,7 @@ def lanczos_max(v0, tol, kmax, max_restarts, s, A, B, U, Sg, VtS, lam, scale_vec
                         code, pairs, cs, Q, not np.any(B))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _lanczos_max(v0, tol, kmax, max_restarts, s, A, B, U, Sg, VtS, lam, scale_vec,
                  code, pairs, cs, Q, b0):
     """:func:`lanczos_max` with the choice of products given (THEORY §4).

@@ -308,7 +308,7 @@ def initial_overlaps(config: SimConfig, *, task: Task | None = None,
 
 
 # =========================================================================== kernels
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _loss(s, lam, N, Pp, M, Qp, Sg):
     """(L, ‖E‖², Ec): L = ½λ‖E‖², cancellation-free (module docstring)."""
     Ec = s * (M @ N) - Sg
@@ -316,7 +316,7 @@ def _loss(s, lam, N, Pp, M, Qp, Sg):
     return 0.5 * lam * e2, e2, Ec
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _fill_records(rec, i, s, lam, ratio, e2, Ec, N, Pp, M, Qp, dN, dApAp, dApdAp, dM,
                   dBpBp, dBpdBp, C0, bal):
     """Write THEORY §3's records at row i (order :data:`REDUCED_RECORDS`) and the drift of

@@ -81,7 +81,7 @@ def _cached(folder: Path) -> list[Path]:
 
 
 def _wait_for(cond, timeout: float, what: str) -> None:
-    # The first run in a fresh environment compiles the Numba kernels (about a minute).
+    # The first run in a fresh environment compiles the Numba kernels (1–2 minutes).
     t_end = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > t_end:
