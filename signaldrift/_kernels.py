@@ -493,7 +493,7 @@ def lora_run(t0, t1, state, task, data, optim, basis, out):
     rec)``, so that the call fits in Python's plain call (more than 30 arguments compile
     to a ``*args`` call, which Numba cannot inline), and it is inlined into its one caller,
     :func:`lora_block` (``inline="always"``). Compiled separately, its whole call tree was
-    optimised and compiled to machine code twice, once here and once in the block kernel:
+    optimised and compiled to machine code once more for every level that called it:
     about a fifth of the cold compile.
 
     A step costs four thin GEMMs on stacked factors (:func:`_population_grams`,
@@ -788,8 +788,9 @@ def lora_block(which, t0, t1, A, B, bufA, bufB, sqA, sqB, s, lam, U, V, sig, Sg,
                opt, momentum, nesterov, beta1, beta2, eps, eps_b, wd, code, pairs, cs, Q,
                record_every, bound, loss, train_loss, rec, status, stop, last, final):
     """:func:`lora_run` for the configurations ``which`` of a block of C configurations
-    that share shapes, optimiser, basis kind and record layout. Every argument of
-    :func:`lora_run` that may differ between configurations carries a leading axis C;
+    that share shapes, optimiser, basis kind and record layout, its arguments unpacked.
+    Every member of :func:`lora_run`'s argument tuples that may differ between
+    configurations carries a leading axis C;
     ``status`` (C,) and ``stop`` (C,) receive each configuration's return value, and a
     configuration whose status is already ``STATUS_DIVERGED`` is skipped. ``final`` (C,)
     receives :func:`lora_loss` of the state where the run ends: after the segment if

@@ -50,23 +50,34 @@ def test_a_failing_child_is_redone_here(tmp_path):
 def test_the_figures_warm_up_covers_their_sharpness_kernels():
     # F1 (and any figure with sharpness steps) measures λ_max by Lanczos at B = 0 and
     # B ≠ 0, with and without Adam's preconditioner, on random-basis tasks of its own
-    # sizes. _warm_sharpness, run by the warm-up's forked child, must compile every
-    # specialisation those calls need, or each figure worker would compile its own.
-    import numpy as np
+    # sizes. _warm_sharpness, run by the warm-up's forked child, must compile (or load)
+    # every specialisation those calls need, or each figure worker would compile its own.
+    # In a fresh interpreter: earlier tests of this process have loaded the kernels.
+    import subprocess
 
-    import signaldrift as sd
-    from signaldrift import _basis, _lanczos
-    from signaldrift._sharpness import sharpness
-    from signaldrift.figures import _warm_sharpness
+    code = """
+import numpy as np
+import signaldrift as sd
+from signaldrift import _basis, _lanczos
+from signaldrift._sharpness import sharpness
+from signaldrift.figures import _warm_sharpness
 
-    kernels = (_lanczos.lanczos_max, _lanczos.top_ritz, _basis.to_eigen, _basis.to_features)
-    _warm_sharpness()
-    before = [set(k.signatures) for k in kernels]
-    cfg = sd.SimConfig(d=40, m=30, task_rank=4, rank=3, seed=5)
-    task = sd.make_task(cfg)
-    A, B = sd.init_adapter(cfg)
-    for B_at in (B, B + 0.05):
-        sharpness(task, 2.0, A, B_at, seed=1)
-        sharpness(task, 2.0, A, B_at, precond_A=np.full(A.shape, 3.0),
-                  precond_B=np.full(B.shape, 2.0), seed=1)
-    assert [set(k.signatures) for k in kernels] == before
+kernels = (_lanczos.lanczos_max, _lanczos.top_ritz, _basis.to_eigen, _basis.to_features)
+assert all(not k.signatures for k in kernels), "loaded before the warm-up"
+_warm_sharpness()
+before = [set(k.signatures) for k in kernels]
+assert all(before), "the warm-up missed a kernel"
+cfg = sd.SimConfig(d=40, m=30, task_rank=4, rank=3, seed=5)
+task = sd.make_task(cfg)
+A, B = sd.init_adapter(cfg)
+for B_at in (B, B + 0.05):
+    sharpness(task, 2.0, A, B_at, seed=1)
+    sharpness(task, 2.0, A, B_at, precond_A=np.full(A.shape, 3.0),
+              precond_B=np.full(B.shape, 2.0), seed=1)
+assert [set(k.signatures) for k in kernels] == before, "compiled after the warm-up"
+print("covered")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["covered"]
