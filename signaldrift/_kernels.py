@@ -836,13 +836,8 @@ def lora_block(which, t0, t1, A, B, bufA, bufB, sqA, sqB, s, lam, U, V, sig, Sg,
             g1 += 1
         group = order[g0:g1]
         g0 = g1
-        with_noise = False
-        for c in group:
-            if noise[c] > 0.0:
-                with_noise = True
-        kx, ke = key_x[group[0]], key_e[group[0]]
         a = t0
-        while True:
+        while a < t1:
             b = min(a + T, t1)
             running = False
             for c in group:
@@ -851,6 +846,11 @@ def lora_block(which, t0, t1, A, B, bufA, bufB, sqA, sqB, s, lam, U, V, sig, Sg,
             if not running:
                 break
             if shared:
+                with_noise = False
+                for c in group:
+                    if noise[c] > 0.0:
+                        with_noise = True
+                kx, ke = key_x[group[0]], key_e[group[0]]
                 for t in range(a, b):
                     normals(kx, t * n * d, Z[t - a])
                     if with_noise:
@@ -872,8 +872,6 @@ def lora_block(which, t0, t1, A, B, bufA, bufB, sqA, sqB, s, lam, U, V, sig, Sg,
                 if st != STATUS_OK:
                     final[c] = lora_loss(s[c], A[c], B[c], lam[c], U[c], sig[c], V[c])
             a = b
-            if a >= t1:
-                break
         if last:
             for c in group:
                 if status[c] == STATUS_OK:
