@@ -107,6 +107,7 @@ def _profile_kernels():
         _population_grams,
         _trace_loss,
         optimizer_step,
+        padded_rows,
     )
 
     def make(stage):
@@ -114,7 +115,7 @@ def _profile_kernels():
         def run(T, A, B, lam, U, VtS, sig, c_loss, s, lr, mA, vA, mB, vB):
             r, d = A.shape
             m, k = U.shape
-            H = np.empty((r + k, d))
+            H = padded_rows(r + k, d)
             H[r:] = VtS
             F = np.empty((m, r + k))
             F[:, r:] = U

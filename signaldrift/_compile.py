@@ -5,7 +5,8 @@ kernels' source changed) compiles them, which takes one to two minutes on 2 core
 otherwise look like a hang. :func:`announce_compile` prints one line on stderr when Numba's
 on-disk cache holds no current compiled code for a kernel about to be used;
 :func:`warm_up` compiles them in this process, so that forked workers inherit the compiled
-code instead of each compiling its own copy.
+code instead of each compiling its own copy (with the sharpness kernels, :func:`warm_sharpness`,
+where a run measures λ_max).
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import TextIO
 
-__all__ = ["kernels_cold", "announce_compile", "warm_up", "compile_in_parallel"]
+__all__ = ["kernels_cold", "announce_compile", "warm_up", "warm_sharpness",
+           "compile_in_parallel"]
 
-_KERNELS = {"lora": "lora_block", "full": "full_block"}
+#: The kernel each model's (or the sharpness measurement's) first call compiles, by module.
+_KERNELS = {"lora": "lora_block", "full": "full_block", "sharpness": "lanczos_max"}
+_MODULES = {"lora": "_kernels", "full": "_kernels", "sharpness": "_lanczos"}
 _announced = False
 # The kernels `simulate` calls first are named above; these are their names in the
 # previous kernel design (one kernel per run), checked where the new ones do not exist.
@@ -25,18 +29,20 @@ _EARLIER = {"lora_block": "lora_segment", "full_block": "full_segment"}
 
 
 def kernels_cold(models: Iterable[str] = ("lora", "full")) -> bool:
-    """Whether a kernel of ``models`` will be compiled (not loaded) by its next call in
-    this process: not compiled here yet, and no current entry in Numba's cache index.
+    """Whether a kernel of ``models`` ("lora", "full", or "sharpness": Lanczos) will be
+    compiled (not loaded) by its next call in this process: not compiled here yet, and no
+    current entry in Numba's cache index.
 
     A heuristic on Numba's cache internals; if they cannot be read, returns False.
     """
     try:
-        from . import _kernels
+        import importlib
 
         for model in set(models):
             name = _KERNELS.get(model, "")
-            kernel = getattr(_kernels, name, None) or getattr(_kernels, _EARLIER.get(name, ""),
-                                                              None)
+            module = importlib.import_module(f"{__package__}.{_MODULES.get(model, '_kernels')}")
+            kernel = getattr(module, name, None) or getattr(module, _EARLIER.get(name, ""),
+                                                            None)
             if kernel is None or kernel.signatures:
                 continue
             if not kernel._cache._cache_file._load_index():
@@ -62,15 +68,37 @@ def announce_compile(models: Iterable[str] = ("lora", "full"), *,
 
 def warm_up(models: Iterable[str] = ("lora", "full")) -> None:
     """Compile (or load) the kernels of ``models`` in this process with tiny runs of the
-    real simulator, covering population and minibatch gradients."""
+    real simulator, covering population and minibatch gradients; with "sharpness" among
+    ``models``, the sharpness kernels too (:func:`warm_sharpness`)."""
     from ._config import SimConfig
     from ._simulate import simulate
 
     tiny = SimConfig(d=8, m=8, task_rank=2, rank=2, steps=2, record_every=1)
-    for model in sorted(set(models) & set(_KERNELS)):
+    for model in sorted(set(models) & {"lora", "full"}):
         for batch in (0, 2):
             simulate(tiny.replace(model=model, batch=batch,
                                   optimizer="sgd" if model == "full" else "adam"))
+    if "sharpness" in set(models):
+        warm_sharpness()
+
+
+def warm_sharpness() -> None:
+    """Compile (or load) the sharpness kernels (:mod:`signaldrift._sharpness`) without the
+    simulator's: Lanczos at B = 0 and B ≠ 0, with and without Adam's preconditioner, on
+    n = 96 parameters (runs of more than 64 parameters never take the dense path)."""
+    import numpy as np
+
+    from ._config import SimConfig
+    from ._init import init_adapter
+    from ._sharpness import sharpness
+    from ._task import make_task
+
+    config = SimConfig(d=24, m=24, task_rank=2, rank=2)  # n = 96 parameters: Lanczos
+    task = make_task(config)
+    A, B = init_adapter(config, task)
+    for B_at in (B, B + 0.1):
+        sharpness(task, 1.0, A, B_at)
+        sharpness(task, 1.0, A, B_at, precond_A=np.ones(A.shape), precond_B=np.ones(B.shape))
 
 
 def compile_in_parallel(groups: Sequence[Callable[[], None]], *, cold: bool | None = None

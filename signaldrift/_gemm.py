@@ -13,7 +13,9 @@ the block of configurations, so runs are reproducible bit for bit on one machine
 BLAS, another processor may round differently).
 
 X may be any 2-D view (``A.T`` included: its strides are read in the micro-kernel); Y and C
-must be C-contiguous. Products with fewer than four columns go to BLAS (``np.dot``), whose
+need contiguous rows, at any row stride: a view of a buffer padded past a power-of-two
+width keeps the rows of a tile's operands out of the same L1 cache sets (at d = 4096 the
+16 rows of H that ``C_A·H`` reads sit 32 KiB apart, and the product ran at half speed). Products with fewer than four columns go to BLAS (``np.dot``), whose
 calls cost little there; columns past the last multiple of four are summed in plain loops in
 the same order, with a multiply and an add (two roundings where the tiles round once): which
 columns those are depends only on N, so a run's bits still do not depend on how it is
@@ -26,7 +28,7 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from ._vector_ir import F64 as _F64, LANES as _LANES, VEC as _VEC
 from ._vector_ir import i64 as _i64, splat as _splat
@@ -53,7 +55,7 @@ def _make_tile(mr, nv):
 
     @intrinsic
     def tile(typingctx, C, X, Y, i0, j0, k0, k1, first):
-        if not (_is_f64_2d(C, "C") and _is_f64_2d(X) and _is_f64_2d(Y, "C")
+        if not (_is_f64_2d(C) and _is_f64_2d(X) and _is_f64_2d(Y)
                 and isinstance(first, types.Boolean)):
             return None
         sig = types.void(C, X, Y, types.int64, types.int64, types.int64, types.int64,
@@ -65,14 +67,18 @@ def _make_tile(mr, nv):
             x = context.make_array(sig.args[1])(context, builder, X_)
             y = context.make_array(sig.args[2])(context, builder, Y_)
             sx0, sx1 = cgutils.unpack_tuple(builder, x.strides, 2)
-            ldy = cgutils.unpack_tuple(builder, y.shape, 2)[1]
-            ldc = cgutils.unpack_tuple(builder, c.shape, 2)[1]
+            # Row strides of Y and C in bytes (their rows are contiguous: checked by
+            # matmul), so a view of a padded buffer works as well as a C array.
+            sy0 = cgutils.unpack_tuple(builder, y.strides, 2)[0]
+            sc0 = cgutils.unpack_tuple(builder, c.strides, 2)[0]
+            i8p = ir.IntType(8).as_pointer()
             fma = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(_VEC, [_VEC, _VEC, _VEC]), "llvm.fmuladd.v4f64")
             zero = ir.Constant(_VEC, [0.0] * _LANES)
-            cbase = builder.gep(c.data, [j0_])
-            cptr = [[builder.bitcast(builder.gep(builder.gep(cbase, [builder.mul(
-                        builder.add(i0_, _i64(t)), ldc)]), [_i64(4 * v)]), _VEC.as_pointer())
+            cbase = builder.bitcast(builder.gep(c.data, [j0_]), i8p)
+            cptr = [[builder.bitcast(builder.gep(builder.bitcast(builder.gep(cbase, [
+                        builder.mul(builder.add(i0_, _i64(t)), sc0)]), _F64.as_pointer()),
+                        [_i64(4 * v)]), _VEC.as_pointer())
                      for v in range(nv)] for t in range(mr)]
             first_bit = context.cast(builder, first_, sig.args[7], types.boolean)
             acc = []
@@ -85,10 +91,11 @@ def _make_tile(mr, nv):
             xbase = builder.bitcast(x.data, ir.IntType(8).as_pointer())
             xrows = [builder.gep(xbase, [builder.mul(builder.add(i0_, _i64(t)), sx0)])
                      for t in range(mr)]
-            ybase = builder.gep(y.data, [j0_])
+            ybase = builder.bitcast(builder.gep(y.data, [j0_]), i8p)
             with cgutils.for_range(builder, builder.sub(k1_, k0_)) as loop:
                 ell = builder.add(loop.index, k0_)
-                yrow = builder.gep(ybase, [builder.mul(ell, ldy)])
+                yrow = builder.bitcast(builder.gep(ybase, [builder.mul(ell, sy0)]),
+                                       _F64.as_pointer())
                 yv = [builder.load(builder.bitcast(builder.gep(yrow, [_i64(4 * v)]),
                                                    _VEC.as_pointer()), align=8)
                       for v in range(nv)]
@@ -113,6 +120,34 @@ _T4x8, _T3x8, _T2x8, _T1x8 = (_make_tile(m, 2) for m in (4, 3, 2, 1))
 _T4x4, _T3x4, _T2x4, _T1x4 = (_make_tile(m, 1) for m in (4, 3, 2, 1))
 
 
+def _dot_narrow(X, Y, C):
+    """``C = X·Y`` for N < 4 columns by BLAS (``np.dot``): X copied to a C array first
+    where it is a strided view (a padded buffer; the same values, so the same bits as
+    BLAS on a contiguous X), Y and C likewise by plain loops (NumPy's dot does not take
+    them)."""
+
+
+@overload(_dot_narrow, jit_options={"cache": True})
+def _dot_narrow_impl(X, Y, C):
+    if Y.layout in "CF" and C.layout in "CF":
+        if X.layout in "CF":
+            def impl(X, Y, C):
+                np.dot(X, Y, C)
+        else:
+            def impl(X, Y, C):
+                np.dot(np.ascontiguousarray(X), Y, C)
+    else:
+        def impl(X, Y, C):
+            for i in range(C.shape[0]):
+                for j in range(C.shape[1]):
+                    C[i, j] = 0.0
+                for ell in range(X.shape[1]):
+                    x = X[i, ell]
+                    for j in range(C.shape[1]):
+                        C[i, j] += x * Y[ell, j]
+    return impl
+
+
 @njit(cache=True)
 def _rows_tail(C, X, Y, i0, j0, nv, k0, k1, first):
     """The tiles of rows i0… (fewer than MR left) at column j0 (nv vectors wide)."""
@@ -135,27 +170,32 @@ def _rows_tail(C, X, Y, i0, j0, nv, k0, k1, first):
 
 @njit(cache=True)
 def matmul(X, Y, C):
-    """``C = X·Y`` in place (X: (M, K), any layout; Y: (K, N), C: (M, N), C-contiguous).
+    """``C = X·Y`` in place (X: (M, K), any layout; Y: (K, N), C: (M, N), rows contiguous).
 
     Tiles of MR × 8 columns (then one of MR × 4) by the <4 x double> micro-kernels, each
     entry summed over l in increasing order with fused multiply–adds (in panels of
     :data:`KB` values of l, resumed exactly); the last N mod 4 columns in plain loops in
-    the same order (multiply, then add); N < 4 by BLAS. K = 0 gives zeros.
+    the same order (multiply, then add); N < 4 by BLAS (:func:`_dot_narrow`). K = 0
+    gives zeros.
 
     Args:
-        X: (M, K) float64. Y: (K, N) float64, C-contiguous. C: (M, N) float64, C-contiguous,
+        X: (M, K) float64. Y: (K, N) float64 and C: (M, N) float64 with contiguous rows
+            (C-contiguous, or a view of the first columns of a wider C array); C
             not overlapping X or Y.
 
     Raises:
-        ValueError: if the shapes do not match (the micro-kernels do not check bounds).
+        ValueError: if the shapes do not match (the micro-kernels do not check bounds), or
+            a row of Y or C is not contiguous.
     """
     M, K = X.shape
     N = Y.shape[1]
     if Y.shape[0] != K or C.shape[0] != M or C.shape[1] != N:
         raise ValueError("matmul: shapes of X (M, K), Y (K, N) and C (M, N) do not match")
     if N < _LANES:
-        np.dot(X, Y, C)
+        _dot_narrow(X, Y, C)
         return
+    if (K > 0 and Y.strides[1] != 8) or (M > 0 and C.strides[1] != 8):
+        raise ValueError("matmul: the rows of Y and C must be contiguous")
     n8 = N - N % 8
     n4 = N - N % 4
     m4 = M - M % MR
@@ -186,6 +226,8 @@ def transpose_into(Y, Yt):
     """``Yt[...] = Yᵀ`` (Y: (N, K), Yt: (K, N)): the operand a product ``X·Yᵀ`` of two
     row-major factors needs for :func:`matmul`."""
     N, K = Y.shape
-    for j in range(N):
-        for ell in range(K):
+    # Row by row of Yt: each of its lines is written once, while Y's N rows are read
+    # as N sequential streams (the other order wrote every line of Yt N times).
+    for ell in range(K):
+        for j in range(N):
             Yt[ell, j] = Y[j, ell]

@@ -365,6 +365,15 @@ def lora_train_loss(s, A, B, U, Sg, Xtr, XVtr, Ntr):
     return 0.5 * np.sum(R * R) / Xtr.shape[0]
 
 
+@njit(cache=True)
+def padded_rows(rows, cols):
+    """An uninitialised (rows, cols) array whose rows are ``cols + 8`` doubles apart (a
+    view of a wider buffer): rows of a power-of-two width sit a multiple of 4 KiB apart,
+    in the same L1 cache sets, and a product that reads 16 of them at once (``C_A·H``)
+    ran at half speed at d = 512 and 4096. One cache line of padding spreads them."""
+    return np.empty((rows, cols + 8))[:, :cols]
+
+
 @njit(cache=True, error_model="numpy")
 def _population_grams(A, B, lam, H, F, P, Gm, At):
     """The step's Gram products, two GEMMs on stacked thin factors
@@ -551,7 +560,7 @@ def lora_run(t0, t1, state, task, data, optim, basis, out):
     predrawn = Zs.shape[0] > 0
     no_z = np.zeros((0, 0))
     # Stacked factors and every product of a step, allocated once.
-    H = np.empty((r + k, d))
+    H = padded_rows(r + k, d)
     H[r:] = VtS
     F = np.empty((m, r + k))
     F[:, r:] = U

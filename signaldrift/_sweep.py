@@ -707,6 +707,8 @@ def _run_parallel(unique, blocks, workers, cdir, finish) -> None:
     runs they had started are lost, their temporary files removed); what finished is in the
     cache already."""
     models = {unique[k].model for block in blocks for k in block}
+    if any(unique[k].sharpness_steps for block in blocks for k in block):
+        models.add("sharpness")
     if kernels_cold(models):
         warm_up(models)  # compile once here, not once in every worker
     cache = None if cdir is None else str(cdir)

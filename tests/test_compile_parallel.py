@@ -50,7 +50,7 @@ def test_a_failing_child_is_redone_here(tmp_path):
 def test_the_figures_warm_up_covers_their_sharpness_kernels():
     # F1 (and any figure with sharpness steps) measures λ_max by Lanczos at B = 0 and
     # B ≠ 0, with and without Adam's preconditioner, on random-basis tasks of its own
-    # sizes. _warm_sharpness, run by the warm-up's forked child, must compile (or load)
+    # sizes. warm_sharpness, run by the warm-up's forked child, must compile (or load)
     # every specialisation those calls need, or each figure worker would compile its own.
     # In a fresh interpreter: earlier tests of this process have loaded the kernels. The
     # kernels checked are the ones called from Python: a kernel loaded from Numba's disk
@@ -62,11 +62,11 @@ import numpy as np
 import signaldrift as sd
 from signaldrift import _basis, _lanczos
 from signaldrift._sharpness import sharpness
-from signaldrift.figures import _warm_sharpness
+from signaldrift._compile import warm_sharpness
 
 kernels = (_lanczos.lanczos_max, _basis.to_eigen)
 assert all(not k.signatures for k in kernels), "loaded before the warm-up"
-_warm_sharpness()
+warm_sharpness()
 before = [set(k.signatures) for k in kernels]
 assert all(before), "the warm-up missed a kernel"
 cfg = sd.SimConfig(d=40, m=30, task_rank=4, rank=3, seed=5)
@@ -83,3 +83,24 @@ print("covered")
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["covered"]
+
+
+@pytest.mark.parametrize("with_sharpness", [False, True])
+def test_a_sweep_in_worker_processes_warms_the_sharpness_kernels_it_needs(monkeypatch,
+                                                                         with_sharpness):
+    # Forked workers inherit what the parent compiled; a sweep whose runs measure λ_max
+    # must therefore warm the sharpness kernels before forking (else every worker
+    # compiles Lanczos on a cold cache). The cold check and the warm-up are recorded.
+    import signaldrift as sd
+    from signaldrift import _sweep
+
+    asked, warmed = [], []
+    monkeypatch.setattr(_sweep, "_FORCE_ENGINE", "processes")
+    monkeypatch.setattr(_sweep, "kernels_cold", lambda models: asked.append(set(models)) or True)
+    monkeypatch.setattr(_sweep, "warm_up", lambda models: warmed.append(set(models)))
+    base = sd.SimConfig(d=8, m=8, task_rank=2, rank=2, steps=3, record_every=3,
+                        sharpness_steps=(0,) if with_sharpness else ())
+    results = _sweep.run_configs([base, base.replace(seed=1)], workers=2, progress=False)
+    assert len(results) == 2 and not any(r.diverged for r in results)
+    want = {"lora", "sharpness"} if with_sharpness else {"lora"}
+    assert asked == [want] and warmed == [want]

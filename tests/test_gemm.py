@@ -78,6 +78,46 @@ def test_layout_and_position_of_a_row_do_not_change_its_bits(shape):
             assert np.array_equal(row[0], C[i])
 
 
+@pytest.mark.parametrize("shape", SHAPES)
+def test_padded_views_give_the_bits_of_contiguous_arrays(shape):
+    # Y and C (and X) as views of the first columns of wider buffers, as the kernels'
+    # padded H (_kernels.padded_rows): the micro-kernels read the row strides, so each
+    # entry is the same sum in the same order: the same bits as contiguous arrays. N < 4:
+    # X is copied for BLAS (the same bits); a strided Y or C takes plain loops, checked
+    # against the rounding bound.
+    M, K, N = shape
+    rng = np.random.default_rng(7 * M + 3 * K + N)
+    X = rng.standard_normal((M, K))
+    Y = rng.standard_normal((K, N))
+    C = np.empty((M, N))
+    matmul(X, Y, C)
+
+    def padded(a, pad):
+        buf = np.full((a.shape[0], a.shape[1] + pad), np.nan)
+        buf[:, :a.shape[1]] = a
+        return buf[:, :a.shape[1]]
+
+    for pad in (1, 8):
+        Cp = padded(np.full((M, N), np.nan), pad)
+        matmul(padded(X, pad), padded(Y, pad), Cp)
+        if N >= 4:
+            assert np.array_equal(Cp, C)
+        else:
+            assert np.all(np.abs(Cp - X @ Y) <= _bound(X, Y))
+        Cx = np.empty((M, N))
+        matmul(padded(X, pad), Y, Cx)
+        assert np.array_equal(Cx, C)
+
+
+def test_rows_with_a_gap_are_refused():
+    # The micro-kernels load four contiguous doubles of a row of Y or C at once.
+    Y = np.ones((5, 16))[:, ::2]
+    with pytest.raises(ValueError, match="contiguous"):
+        matmul(np.ones((4, 5)), Y, np.empty((4, 8)))
+    with pytest.raises(ValueError, match="contiguous"):
+        matmul(np.ones((4, 5)), np.ones((5, 8)), np.empty((4, 16))[:, ::2])
+
+
 def test_transpose_into_writes_the_transpose():
     Y = np.arange(24.0).reshape(4, 6)
     Yt = np.full((6, 4), np.nan)

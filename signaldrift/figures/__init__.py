@@ -123,9 +123,10 @@ def _warm_up() -> None:
     so that forked workers inherit them instead of each compiling its own copy. From a
     cold cache the work is split in two halves of about equal compile time
     (:func:`~signaldrift._compile.compile_in_parallel`): the LoRA and full fine-tuning
-    block kernels here; the sharpness kernels (:func:`_warm_sharpness`) and the reduced
+    block kernels here; the sharpness kernels
+    (:func:`~signaldrift._compile.warm_sharpness`) and the reduced
     engine's (F9) in a forked child."""
-    from .._compile import compile_in_parallel
+    from .._compile import compile_in_parallel, warm_sharpness
     from .._simulate import simulate
 
     tiny = SimConfig(d=8, m=8, task_rank=2, rank=2, steps=2, record_every=1)
@@ -137,31 +138,13 @@ def _warm_up() -> None:
             simulate(tiny.replace(**kw))
 
     def child() -> None:
-        _warm_sharpness()
+        warm_sharpness()
         # F9's reduced recursion (SGD, momentum, sampled overlaps) and gradient flow.
         for kw in ({}, {"momentum": 0.9}, {"overlap_init": "sampled"},
                    {"engine": "flow", "steps": 4}):
             simulate(red.replace(**kw))
 
     compile_in_parallel([here, child])
-
-
-def _warm_sharpness() -> None:
-    """Compile (or load) the sharpness kernels (:mod:`signaldrift._sharpness`) without the
-    simulator's: Lanczos at B = 0 and B ≠ 0, with and without Adam's preconditioner (the
-    figures' sizes never take the dense path of n ≤ 64 parameters)."""
-    import numpy as np
-
-    from .._init import init_adapter
-    from .._sharpness import sharpness
-    from .._task import make_task
-
-    config = SimConfig(d=24, m=24, task_rank=2, rank=2)  # n = 96 parameters: Lanczos
-    task = make_task(config)
-    A, B = init_adapter(config, task)
-    for B_at in (B, B + 0.1):
-        sharpness(task, 1.0, A, B_at)
-        sharpness(task, 1.0, A, B_at, precond_A=np.ones(A.shape), precond_B=np.ones(B.shape))
 
 
 def run_figures(names: Sequence[str] | None, *, mode: str = "quick", out_dir="figures/out",
