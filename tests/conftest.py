@@ -1,4 +1,5 @@
-"""Shared test configuration: the ``slow`` marker.
+"""Shared test configuration: the ``slow`` marker, and the kernels compiled in two
+processes at once when Numba's cache is cold (a fresh clone, CI).
 
 The slowest end-to-end checks are marked ``slow``. CI (``make test``) runs everything; a
 developer can skip them while iterating::
@@ -26,3 +27,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.nodeid.split("[")[0] in SLOW:
             item.add_marker(pytest.mark.slow)
+
+
+def pytest_sessionstart(session):
+    """On a cold Numba cache (a fresh clone, as in CI), compile the kernels before the
+    first test, split in two halves compiled side by side: the block kernels here, the
+    sharpness kernels and the reduced engine's in a forked child that writes them to the
+    on-disk cache (the figures' own warm-up, :func:`signaldrift.figures._warm_up`). One
+    process would compile them one after another as tests first call them, about a
+    minute and a half longer on 2 cores. With a warm cache this does nothing (each test
+    loads what it calls)."""
+    from signaldrift._compile import kernels_cold
+
+    if kernels_cold(("lora", "full", "sharpness")):
+        from signaldrift.figures import _warm_up
+
+        _warm_up()
