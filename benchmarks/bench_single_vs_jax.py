@@ -108,6 +108,7 @@ def _profile_kernels():
         _trace_loss,
         optimizer_step,
         padded_rows,
+        stacked_factor_pad,
     )
 
     def make(stage):
@@ -115,7 +116,7 @@ def _profile_kernels():
         def run(T, A, B, lam, U, VtS, sig, c_loss, s, lr, mA, vA, mB, vB):
             r, d = A.shape
             m, k = U.shape
-            H = padded_rows(r + k, d)
+            H = padded_rows(r + k, d, stacked_factor_pad(r, d))
             H[r:] = VtS
             F = np.empty((m, r + k))
             F[:, r:] = U

@@ -15,9 +15,12 @@ BLAS, another processor may round differently).
 X may be any 2-D view (``A.T`` included: its strides are read in the micro-kernel); Y and C
 need contiguous rows, at any row stride: a view of a buffer padded past a power-of-two
 width keeps the rows of a tile's operands out of the same L1 cache sets (at d = 4096 the
-16 rows of H that ``C_A·H`` reads sit 32 KiB apart, and the product ran at half speed). Products with fewer than four columns go to BLAS (``np.dot``), whose
-calls cost little there; columns past the last multiple of four are summed in plain loops in
-the same order, with a multiply and an add (two roundings where the tiles round once): which
+16 rows of H that ``C_A·H`` reads sit 32 KiB apart, and the product ran at half speed).
+
+Products with fewer than four columns go to BLAS (``np.dot``), whose calls cost little
+there, whatever the layouts (strided operands passed as C arrays: the same bits as without
+padding); columns past the last multiple of four are summed in plain loops in the same
+order, with a multiply and an add (two roundings where the tiles round once): which
 columns those are depends only on N, so a run's bits still do not depend on how it is
 blocked.
 """
@@ -120,31 +123,35 @@ _T4x8, _T3x8, _T2x8, _T1x8 = (_make_tile(m, 2) for m in (4, 3, 2, 1))
 _T4x4, _T3x4, _T2x4, _T1x4 = (_make_tile(m, 1) for m in (4, 3, 2, 1))
 
 
+def _as_blas(a):
+    """``a`` itself where NumPy's dot takes it as it is (C or F layout), else a C array:
+    no copy when the view is contiguous at run time (Numba checks), else a copy."""
+
+
+@overload(_as_blas, jit_options={"cache": True})
+def _as_blas_impl(a):
+    if a.layout in "CF":
+        return lambda a: a
+    return lambda a: np.ascontiguousarray(a)
+
+
 def _dot_narrow(X, Y, C):
-    """``C = X·Y`` for N < 4 columns by BLAS (``np.dot``): X copied to a C array first
-    where it is a strided view (a padded buffer; the same values, so the same bits as
-    BLAS on a contiguous X), Y and C likewise by plain loops (NumPy's dot does not take
-    them)."""
+    """``C = X·Y`` for N < 4 columns by BLAS (``np.dot``), whatever the layouts: a strided
+    X or Y is passed as a C array (:func:`_as_blas`: the same values, so the same bits as
+    BLAS on contiguous arrays), a C that is not C-contiguous receives BLAS's result
+    through a temporary (Numba's dot writes only into a C-contiguous output)."""
 
 
 @overload(_dot_narrow, jit_options={"cache": True})
 def _dot_narrow_impl(X, Y, C):
-    if Y.layout in "CF" and C.layout in "CF":
-        if X.layout in "CF":
-            def impl(X, Y, C):
-                np.dot(X, Y, C)
-        else:
-            def impl(X, Y, C):
-                np.dot(np.ascontiguousarray(X), Y, C)
+    if C.layout == "C":
+        def impl(X, Y, C):
+            np.dot(_as_blas(X), _as_blas(Y), C)
     else:
         def impl(X, Y, C):
-            for i in range(C.shape[0]):
-                for j in range(C.shape[1]):
-                    C[i, j] = 0.0
-                for ell in range(X.shape[1]):
-                    x = X[i, ell]
-                    for j in range(C.shape[1]):
-                        C[i, j] += x * Y[ell, j]
+            T = np.empty((C.shape[0], C.shape[1]))
+            np.dot(_as_blas(X), _as_blas(Y), T)
+            C[:, :] = T
     return impl
 
 
@@ -175,8 +182,8 @@ def matmul(X, Y, C):
     Tiles of MR × 8 columns (then one of MR × 4) by the <4 x double> micro-kernels, each
     entry summed over l in increasing order with fused multiply–adds (in panels of
     :data:`KB` values of l, resumed exactly); the last N mod 4 columns in plain loops in
-    the same order (multiply, then add); N < 4 by BLAS (:func:`_dot_narrow`). K = 0
-    gives zeros.
+    the same order (multiply, then add); N < 4 by BLAS (:func:`_dot_narrow`, any
+    layouts). K = 0 gives zeros.
 
     Args:
         X: (M, K) float64. Y: (K, N) float64 and C: (M, N) float64 with contiguous rows
@@ -185,7 +192,7 @@ def matmul(X, Y, C):
 
     Raises:
         ValueError: if the shapes do not match (the micro-kernels do not check bounds), or
-            a row of Y or C is not contiguous.
+            (N ≥ 4) a row of Y or C is not contiguous.
     """
     M, K = X.shape
     N = Y.shape[1]

@@ -366,12 +366,22 @@ def lora_train_loss(s, A, B, U, Sg, Xtr, XVtr, Ntr):
 
 
 @njit(cache=True)
-def padded_rows(rows, cols):
-    """An uninitialised (rows, cols) array whose rows are ``cols + 8`` doubles apart (a
-    view of a wider buffer): rows of a power-of-two width sit a multiple of 4 KiB apart,
-    in the same L1 cache sets, and a product that reads 16 of them at once (``C_A·H``)
-    ran at half speed at d = 512 and 4096. One cache line of padding spreads them."""
-    return np.empty((rows, cols + 8))[:, :cols]
+def padded_rows(rows, cols, pad):
+    """An uninitialised (rows, cols) array whose rows are ``cols + pad`` doubles apart (a
+    view of a wider buffer; ``pad = 0``: contiguous). Rows of a width that is a multiple of
+    256 doubles sit a multiple of 2 KiB apart, in at most two of the L1 cache's sets, and
+    a product that reads 16 of them at once (``C_A·H``) ran at half speed at d = 512,
+    1024 and 4096: one cache line of padding (``pad = 8``) spreads them."""
+    return np.empty((rows, cols + pad))[:, :cols]
+
+
+@njit(cache=True)
+def stacked_factor_pad(r, d):
+    """The padding of H = [AΣ; VᵀΣ] (:func:`padded_rows`): one cache line where d is a
+    multiple of 256 and r ≥ 4; none otherwise, where it gains nothing, and where with
+    r < 4 the product ``P = H·Aᵀ`` (fewer than 4 columns: BLAS) would copy a strided H
+    at every step."""
+    return 8 if r >= 4 and d % 256 == 0 else 0
 
 
 @njit(cache=True, error_model="numpy")
@@ -560,7 +570,7 @@ def lora_run(t0, t1, state, task, data, optim, basis, out):
     predrawn = Zs.shape[0] > 0
     no_z = np.zeros((0, 0))
     # Stacked factors and every product of a step, allocated once.
-    H = padded_rows(r + k, d)
+    H = padded_rows(r + k, d, stacked_factor_pad(r, d))
     H[r:] = VtS
     F = np.empty((m, r + k))
     F[:, r:] = U

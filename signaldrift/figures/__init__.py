@@ -126,7 +126,7 @@ def _warm_up() -> None:
     block kernels here; the sharpness kernels
     (:func:`~signaldrift._compile.warm_sharpness`) and the reduced
     engine's (F9) in a forked child."""
-    from .._compile import compile_in_parallel, warm_sharpness
+    from .._compile import compile_in_parallel, kernels_cold, warm_sharpness
     from .._simulate import simulate
 
     tiny = SimConfig(d=8, m=8, task_rank=2, rank=2, steps=2, record_every=1)
@@ -144,7 +144,7 @@ def _warm_up() -> None:
                    {"engine": "flow", "steps": 4}):
             simulate(red.replace(**kw))
 
-    compile_in_parallel([here, child])
+    compile_in_parallel([here, child], cold=kernels_cold(("lora", "full", "sharpness")))
 
 
 def run_figures(names: Sequence[str] | None, *, mode: str = "quick", out_dir="figures/out",
