@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import io
 import json
+import math
 import os
 import struct
 import zlib
@@ -79,6 +81,87 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     cd = b"".join(central)
     n = len(arrays)
     return b"".join(parts) + cd + _END.pack(b"PK\x05\x06", 0, 0, n, n, len(cd), offset, 0)
+
+
+#: .npy headers seen by :func:`read_npz` → (dtype, Fortran order, shape); an archive's
+#: headers repeat across runs, so each is parsed once per process.
+_npy_layouts: dict[bytes, tuple] = {}
+
+
+class _NotStored(ValueError):
+    """An archive that :func:`read_npz` leaves to ``np.load``."""
+
+
+def _npy_member(data: bytearray, start: int, size: int) -> np.ndarray:
+    """The array of the ``.npy`` member at ``data[start:start + size]`` (format 1.0–3.0),
+    a writable view of ``data``."""
+    if data[start:start + 6] != b"\x93NUMPY":
+        raise _NotStored("not a .npy member")
+    major = data[start + 6]
+    if major == 1:
+        hlen, hoff = struct.unpack_from("<H", data, start + 8)[0], start + 10
+    elif major in (2, 3):
+        hlen, hoff = struct.unpack_from("<I", data, start + 8)[0], start + 12
+    else:
+        raise _NotStored(f".npy format {major}")
+    header = bytes(data[hoff:hoff + hlen])
+    layout = _npy_layouts.get(header)
+    if layout is None:
+        d = ast.literal_eval(header.decode("utf8" if major == 3 else "latin1"))
+        dtype = np.lib.format.descr_to_dtype(d["descr"])
+        if dtype.hasobject:
+            raise _NotStored("object array")
+        layout = _npy_layouts.setdefault(header, (dtype, bool(d["fortran_order"]),
+                                                  tuple(d["shape"])))
+    dtype, fortran, shape = layout
+    count = math.prod(shape)
+    off = hoff + hlen
+    if count * dtype.itemsize != start + size - off:
+        raise _NotStored("member size does not match its header")
+    if count == 0:
+        return np.empty(shape, dtype, order="F" if fortran else "C")
+    flat = np.frombuffer(data, dtype=dtype, count=count, offset=off)
+    return flat.reshape(shape, order="F" if fortran else "C")
+
+
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every member of an ``.npz`` archive, as ``np.load(path)[key]`` returns them.
+
+    Archives of stored (uncompressed) ``.npy`` members, as :func:`npz_bytes` writes them,
+    are parsed from the file's bytes in one read (the ZIP central directory, then each
+    member's header, parsed once per distinct header): about 10× faster than ``np.load``,
+    which reads a sweep's cached runs one member at a time through ``zipfile``. The arrays
+    are writable views of one buffer per archive. Anything else (compressed members,
+    ZIP64, a comment, another kind of member) is read by ``np.load``.
+    """
+    with open(path, "rb") as fh:
+        data = bytearray(fh.read())
+    try:
+        if len(data) < _END.size:
+            raise _NotStored("too short")
+        sig, _, _, _, n, cd_size, cd_off, comment = _END.unpack_from(data, len(data) - _END.size)
+        if sig != b"PK\x05\x06" or comment or cd_off + cd_size != len(data) - _END.size:
+            raise _NotStored("not a plain archive")
+        out: dict[str, np.ndarray] = {}
+        pos = cd_off
+        for _ in range(n):
+            f = _CENTRAL.unpack_from(data, pos)
+            if f[0] != b"PK\x01\x02" or f[6] != 0 or f[10] != f[11]:
+                raise _NotStored("not a stored member")
+            name_len, extra_len, comment_len, local = f[12], f[13], f[14], f[18]
+            name = bytes(data[pos + _CENTRAL.size:pos + _CENTRAL.size + name_len]).decode()
+            pos += _CENTRAL.size + name_len + extra_len + comment_len
+            g = _LOCAL.unpack_from(data, local)
+            if g[0] != b"PK\x03\x04":
+                raise _NotStored("no local header")
+            start = local + _LOCAL.size + g[10] + g[11]
+            key = name[:-4] if name.endswith(".npy") else name
+            out[key] = _npy_member(data, start, f[10])
+        return out
+    except (_NotStored, struct.error, UnicodeDecodeError, ValueError, KeyError,
+            SyntaxError):
+        with np.load(io.BytesIO(bytes(data)), allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -225,8 +308,7 @@ class SimulationResult:
         """Read an archive written by :meth:`save`."""
         from ._kernels import RECORD_NAMES
 
-        with np.load(path, allow_pickle=False) as z:
-            a = {k: z[k] for k in z.files}
+        a = read_npz(path)
         version = int(a["version"])
         if version != ARCHIVE_VERSION:
             raise ValueError(f"{path}: archive version {version}, this signaldrift reads "

@@ -169,6 +169,46 @@ def test_archive_bytes_are_zipfiles_and_numpys(tmp_path):
         np.testing.assert_array_equal(back[key], value)
 
 
+def test_fast_archive_reader_returns_what_np_load_returns(tmp_path, monkeypatch):
+    # read_npz parses the stored archives npz_bytes writes (and falls back to np.load for
+    # anything else); np.load is the independent reference: the same keys, dtypes, shapes,
+    # memory order and bytes, and writable arrays, for every kind of member (0-d strings
+    # and bools, ints, empty and Fortran-ordered arrays) and for a compressed archive and
+    # one with a comment (the fallback).
+    import zipfile
+
+    from signaldrift._result import npz_bytes, read_npz
+
+    cfg = sd.SimConfig(d=16, m=12, task_rank=3, rank=2, steps=20, batch=4, train_size=10,
+                       snapshot_steps=(0, 20), sharpness_steps=(0,))
+    arrays = sd.simulate(cfg).to_arrays()
+    arrays.update(fortran=np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+                  empty=np.zeros((0, 3)), ints=np.arange(5, dtype=np.int32),
+                  flag=np.array(True), text=np.array("ünïcode"))
+    stored = tmp_path / "stored.npz"
+    stored.write_bytes(npz_bytes(arrays))
+    compressed = tmp_path / "compressed.npz"
+    np.savez_compressed(compressed, **arrays)
+    commented = tmp_path / "commented.npz"
+    commented.write_bytes(npz_bytes(arrays))
+    with zipfile.ZipFile(commented, "a") as zf:
+        zf.comment = b"a comment"
+    load = np.load
+    for path in (stored, compressed, commented):
+        if path is stored:  # parsed here, never handed to np.load
+            monkeypatch.setattr(np, "load", None)
+        got = read_npz(path)
+        monkeypatch.setattr(np, "load", load)
+        with np.load(path, allow_pickle=False) as z:
+            assert sorted(got) == sorted(z.files)
+            for key in z.files:
+                want = z[key]
+                assert got[key].dtype == want.dtype and got[key].shape == want.shape
+                assert got[key].tobytes(order="A") == want.tobytes(order="A")
+                assert got[key].flags.f_contiguous == want.flags.f_contiguous
+                assert got[key].flags.writeable
+
+
 def test_archive_round_trip(tmp_path):
     cfg = sd.SimConfig(d=16, m=12, task_rank=3, rank=2, steps=12, optimizer="sgd", lr=0.05)
     res = sd.simulate(cfg)
