@@ -139,6 +139,18 @@ def test_same_settings_give_bit_identical_archives(tmp_path):
     assert not np.array_equal(np.load(a)["A0"], np.load(c)["A0"])
 
 
+def _every_kind_of_member() -> dict:
+    """A run's archive arrays (records, snapshots, sharpness, training set) and every
+    other kind of member: 0-d strings and bools, ints, empty and Fortran-ordered arrays."""
+    cfg = sd.SimConfig(d=16, m=12, task_rank=3, rank=2, steps=20, batch=4, train_size=10,
+                       snapshot_steps=(0, 20), sharpness_steps=(0,))
+    arrays = sd.simulate(cfg).to_arrays()
+    arrays.update(fortran=np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+                  empty=np.zeros((0, 3)), ints=np.arange(5, dtype=np.int32),
+                  flag=np.array(True), text=np.array("ünïcode"))
+    return arrays
+
+
 def test_archive_bytes_are_zipfiles_and_numpys(tmp_path):
     # The archive writer assembles the zip by hand (speed: a sweep writes one per run); its
     # bytes must be exactly those of zipfile (ZIP_STORED, fixed dates, mode 0o644) with
@@ -149,12 +161,7 @@ def test_archive_bytes_are_zipfiles_and_numpys(tmp_path):
 
     from signaldrift._result import npz_bytes
 
-    cfg = sd.SimConfig(d=16, m=12, task_rank=3, rank=2, steps=20, batch=4, train_size=10,
-                       snapshot_steps=(0, 20), sharpness_steps=(0,))
-    arrays = sd.simulate(cfg).to_arrays()
-    arrays.update(fortran=np.asfortranarray(np.arange(12.0).reshape(3, 4)),
-                  empty=np.zeros((0, 3)), ints=np.arange(5, dtype=np.int32),
-                  flag=np.array(True), text=np.array("ünïcode"))
+    arrays = _every_kind_of_member()
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
         for key in sorted(arrays):
@@ -179,12 +186,7 @@ def test_fast_archive_reader_returns_what_np_load_returns(tmp_path, monkeypatch)
 
     from signaldrift._result import npz_bytes, read_npz
 
-    cfg = sd.SimConfig(d=16, m=12, task_rank=3, rank=2, steps=20, batch=4, train_size=10,
-                       snapshot_steps=(0, 20), sharpness_steps=(0,))
-    arrays = sd.simulate(cfg).to_arrays()
-    arrays.update(fortran=np.asfortranarray(np.arange(12.0).reshape(3, 4)),
-                  empty=np.zeros((0, 3)), ints=np.arange(5, dtype=np.int32),
-                  flag=np.array(True), text=np.array("ünïcode"))
+    arrays = _every_kind_of_member()
     stored = tmp_path / "stored.npz"
     stored.write_bytes(npz_bytes(arrays))
     compressed = tmp_path / "compressed.npz"
