@@ -19,9 +19,9 @@ from typing import TextIO
 __all__ = ["kernels_cold", "announce_compile", "warm_up", "warm_sharpness",
            "compile_in_parallel"]
 
-#: The kernel each model's (or the sharpness measurement's) first call compiles, by module.
+#: The kernel each model's (or the sharpness measurement's) first call compiles: in
+#: ``_kernels``, Lanczos's in ``_lanczos``.
 _KERNELS = {"lora": "lora_block", "full": "full_block", "sharpness": "lanczos_max"}
-_MODULES = {"lora": "_kernels", "full": "_kernels", "sharpness": "_lanczos"}
 _announced = False
 # The kernels `simulate` calls first are named above; these are their names in the
 # previous kernel design (one kernel per run), checked where the new ones do not exist.
@@ -36,11 +36,11 @@ def kernels_cold(models: Iterable[str] = ("lora", "full")) -> bool:
     A heuristic on Numba's cache internals; if they cannot be read, returns False.
     """
     try:
-        import importlib
+        from . import _kernels, _lanczos
 
         for model in set(models):
             name = _KERNELS.get(model, "")
-            module = importlib.import_module(f"{__package__}.{_MODULES.get(model, '_kernels')}")
+            module = _lanczos if model == "sharpness" else _kernels
             kernel = getattr(module, name, None) or getattr(module, _EARLIER.get(name, ""),
                                                             None)
             if kernel is None or kernel.signatures:

@@ -46,9 +46,8 @@ MR = 4
 KB = 256
 
 
-def _is_f64_2d(a, layout=None):
-    return (isinstance(a, types.Array) and a.ndim == 2 and a.dtype == types.float64
-            and (layout is None or a.layout == layout))
+def _is_f64_2d(a):
+    return isinstance(a, types.Array) and a.ndim == 2 and a.dtype == types.float64
 
 
 def _make_tile(mr, nv):
