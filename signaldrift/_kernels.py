@@ -414,9 +414,10 @@ def _loss_surely_within(s, A, B, lam, c_loss, bound):
     are far smaller, so :func:`_trace_loss` would then pass the divergence check too and
     skipping it changes no result. A NaN or infinity in A or B makes U NaN or infinite:
     False."""
+    Bf = B.reshape(-1)
     nb = 0.0
-    for x in B.reshape(-1):
-        nb += x * x
+    for i in range(Bf.size):  # an indexed loop: LLVM vectorises it (an iterator, 6× slower)
+        nb += Bf[i] * Bf[i]
     r, d = A.shape
     na = 0.0
     for i in range(r):
