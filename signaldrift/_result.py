@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import io
 import json
 import math
@@ -167,10 +168,16 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write an uncompressed ``.npz`` whose bytes depend only on ``arrays``
     (:func:`npz_bytes`), atomically (temporary file in the same folder, then rename)."""
+    data = npz_bytes(arrays)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(npz_bytes(arrays))
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 @dataclass

@@ -260,24 +260,19 @@ def _cache_path(cache_dir: Path, key: str) -> Path:
 
 
 def _write_cache(result, path: Path) -> None:
-    """Atomically: the result goes to a temporary file in the same folder, then replaces
-    ``path``, so an interruption never leaves a partial archive under the final name."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    """Atomically (``SimulationResult.save`` writes a temporary file in the same folder,
+    then replaces ``path``), so an interruption never leaves a partial archive under the
+    final name; a failed write only warns."""
     try:
-        result.save(tmp)
-        os.replace(tmp, path)
+        result.save(path)
     except OSError as exc:
         warnings.warn(f"sweep cache: could not write {path}: {exc}", RuntimeWarning,
                       stacklevel=2)
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
 
 
 def _remove_temporaries(cache_dir: Path, pids) -> None:
     """Remove the temporary files that killed workers ``pids`` were writing (names hold the
-    writer's pid: see :func:`_write_cache` and ``SimulationResult.save``)."""
+    writer's pid: see ``SimulationResult.save``, which :func:`_write_cache` calls)."""
     marks = [f".{pid}.tmp" for pid in pids]
     try:
         names = [p for p in cache_dir.iterdir() if p.name.startswith(".")]

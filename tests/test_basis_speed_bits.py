@@ -125,6 +125,30 @@ def test_a_misordered_layout_is_refused():
     assert np.array_equal(back.pairs, b.pairs) and np.array_equal(back.cs, b.cs)
 
 
+def test_the_remembered_layout_check_answers_as_the_check(monkeypatch):
+    # Basis remembers _is_butterfly per (d, pairs): a misordered copy of a basis already
+    # accepted is still refused (every time), the same pairs are checked once, and the
+    # memory stays bounded (256 entries).
+    from signaldrift import _basis
+
+    monkeypatch.setattr(_basis, "_BUTTERFLY_SEEN", {})
+    calls = []
+    check = _basis._is_butterfly
+    monkeypatch.setattr(_basis, "_is_butterfly", lambda p, d: calls.append(d) or check(p, d))
+    b = Basis.random(16, seed=1)
+    Basis(kind="givens", d=16, pairs=b.pairs.copy(), cs=b.cs)
+    assert calls == [16]  # Basis.random's own construction; the copy is remembered
+    bad = b.pairs.copy()
+    bad[[0, 1]] = bad[[1, 0]]
+    for _ in range(2):
+        with pytest.raises(ValueError, match="layout"):
+            Basis(kind="givens", d=16, pairs=bad, cs=b.cs)
+    assert calls == [16, 16]
+    for seed in range(300):
+        Basis.random(8, seed=seed)
+    assert 0 < len(_basis._BUTTERFLY_SEEN) <= 256
+
+
 @pytest.mark.parametrize("d", (2, 3, 5, 100, 128, 129))
 def test_orthogonal_and_inverse(d):
     b = Basis.random(d, seed=4)
