@@ -355,48 +355,23 @@ def _fill_records(rec, i, s, lam, ratio, e2, Ec, N, Pp, M, Qp, dN, dApAp, dApdAp
 
 
 @njit(cache=True)
-def reduced_loop_sgd(s, lam, wd, ratio, lrs, N, Pp, M, Qp, Sg, track, TA, TB,
-                     record_every, bound, loss, rec, bal, C0):
-    """Advance the overlaps over steps [0, len(lrs)) in place, SGD without momentum.
+def reduced_loop(s, lam, wd, momentum, mu, nesterov, ratio, lrs, N, Nf, Pp, Kp, Rp, M, Mh,
+                 Qp, Jp, Tp, Sg, track, TA, TB, record_every, bound, loss, rec, bal, C0):
+    """Advance the overlaps over steps [0, len(lrs)) in place: SGD, with torch's momentum
+    buffer (and Nesterov) when ``momentum``.
 
-    ``TA`` (r×r), ``TB`` (r×r) accumulate the transfer of the orthogonal parts
-    (Ap_t = TA·Ap₀, Bp_t = Bp₀·TB) when ``track``. Returns ``(status, t)`` as the full
-    engine's kernels: ``(0, steps)``, or ``(1, t)`` when the loss at step t is non-finite or
-    above ``bound`` (the state is left at step t).
+    Without momentum the step is :func:`step_sgd`; ``Nf``, ``Kp``, ``Rp``, ``Mh``, ``Jp``,
+    ``Tp`` are not read, and ``TA`` (r×r), ``TB`` (r×r) accumulate the transfer of the
+    orthogonal parts (Ap_t = TA·Ap₀, Bp_t = Bp₀·TB) when ``track``. With momentum the step
+    is :func:`step_momentum`, ``c_g·g + c_f·buf`` with ``c_g = 1 + νμ``,
+    ``c_f = μ(1 − ν + νμ)``; the buffers (Nf … Tp) start at 0 (torch's ``buf = g`` at the
+    first step), ``TA`` is 2r×r ([Ap_t; Fp_t] = TA·Ap₀) and ``TB`` r×2r
+    ([Bp_t, Hp_t] = Bp₀·TB). One kernel for both, so the loss and the records
+    (``inline="always"``) are compiled once.
+
+    Returns ``(status, t)`` as the full engine's kernels: ``(0, steps)``, or ``(1, t)`` when
+    the loss at step t is non-finite or above ``bound`` (the state is left at step t).
     """
-    for t in range(lrs.shape[0]):
-        L, e2, Ec = _loss(s, lam, N, Pp, M, Qp, Sg)
-        record = t % record_every == 0
-        i = t // record_every
-        if record:
-            loss[i] = L
-        if not (np.isfinite(L) and L <= bound):
-            return _STATUS_DIVERGED, t
-        ea = lrs[t]
-        eb = ratio * lrs[t]
-        (N1, Pp1, M1, Qp1, dN, dApAp, dApdAp, dM, dBpBp, dBpdBp, CA,
-         CB) = step_sgd(s, lam, wd, ea, eb, N, Pp, M, Qp, Sg)
-        if record:
-            _fill_records(rec, i, s, lam, ratio, e2, Ec, N, Pp, M, Qp, dN, dApAp, dApdAp,
-                          dM, dBpBp, dBpdBp, C0, bal)
-        if track:
-            TA[...] = CA @ TA
-            TB[...] = TB @ CB
-        N[...] = N1
-        Pp[...] = 0.5 * (Pp1 + Pp1.T)
-        M[...] = M1
-        Qp[...] = 0.5 * (Qp1 + Qp1.T)
-    return _STATUS_OK, lrs.shape[0]
-
-
-@njit(cache=True)
-def reduced_loop_momentum(s, lam, wd, mu, nesterov, ratio, lrs, N, Nf, Pp, Kp, Rp, M, Mh,
-                          Qp, Jp, Tp, Sg, track, TA, TB, record_every, bound, loss, rec,
-                          bal, C0):
-    """As :func:`reduced_loop_sgd`, with torch's momentum buffer (and Nesterov): the step
-    is ``c_g·g + c_f·buf`` with ``c_g = 1 + νμ``, ``c_f = μ(1 − ν + νμ)``; buffers start at
-    0 (torch's ``buf = g`` at the first step). ``TA`` is 2r×r ([Ap_t; Fp_t] = TA·Ap₀),
-    ``TB`` is r×2r ([Bp_t, Hp_t] = Bp₀·TB)."""
     r = N.shape[0]
     cg = 1.0 + mu if nesterov else 1.0
     cf = mu * mu if nesterov else mu
@@ -408,33 +383,43 @@ def reduced_loop_momentum(s, lam, wd, mu, nesterov, ratio, lrs, N, Nf, Pp, Kp, R
             loss[i] = L
         if not (np.isfinite(L) and L <= bound):
             return _STATUS_DIVERGED, t
-        ea, fa = lrs[t] * cg, lrs[t] * cf
-        eb, fb = ratio * ea, ratio * fa
-        (N1, Nf1, Pp1, Kp1, Rp1, M1, Mh1, Qp1, Jp1, Tp1, dN, dApAp, dApdAp, dM, dBpBp,
-         dBpdBp, CA, DA, CB, DB) = step_momentum(s, lam, wd, mu, ea, fa, eb, fb, N, Nf, Pp,
-                                                 Kp, Rp, M, Mh, Qp, Jp, Tp, Sg)
+        if momentum:
+            ea, fa = lrs[t] * cg, lrs[t] * cf
+            eb, fb = ratio * ea, ratio * fa
+            (N1, Nf1, Pp1, Kp1, Rp1, M1, Mh1, Qp1, Jp1, Tp1, dN, dApAp, dApdAp, dM, dBpBp,
+             dBpdBp, CA, DA, CB, DB) = step_momentum(s, lam, wd, mu, ea, fa, eb, fb, N, Nf,
+                                                     Pp, Kp, Rp, M, Mh, Qp, Jp, Tp, Sg)
+        else:
+            ea = lrs[t]
+            eb = ratio * lrs[t]
+            (N1, Pp1, M1, Qp1, dN, dApAp, dApdAp, dM, dBpBp, dBpdBp, CA,
+             CB) = step_sgd(s, lam, wd, ea, eb, N, Pp, M, Qp, Sg)
         if record:
             _fill_records(rec, i, s, lam, ratio, e2, Ec, N, Pp, M, Qp, dN, dApAp, dApdAp,
                           dM, dBpBp, dBpdBp, C0, bal)
-        if track:
-            top = TA[:r].copy()
-            bot = TA[r:].copy()
-            TA[:r] = CA @ top - fa * bot
-            TA[r:] = DA @ top + mu * bot
-            left = TB[:, :r].copy()
-            right = TB[:, r:].copy()
-            TB[:, :r] = left @ CB - fb * right
-            TB[:, r:] = left @ DB + mu * right
+        if momentum:
+            if track:
+                top = TA[:r].copy()
+                bot = TA[r:].copy()
+                TA[:r] = CA @ top - fa * bot
+                TA[r:] = DA @ top + mu * bot
+                left = TB[:, :r].copy()
+                right = TB[:, r:].copy()
+                TB[:, :r] = left @ CB - fb * right
+                TB[:, r:] = left @ DB + mu * right
+            Nf[...] = Nf1
+            Kp[...] = Kp1
+            Rp[...] = 0.5 * (Rp1 + Rp1.T)
+            Mh[...] = Mh1
+            Jp[...] = Jp1
+            Tp[...] = 0.5 * (Tp1 + Tp1.T)
+        elif track:
+            TA[...] = CA @ TA
+            TB[...] = TB @ CB
         N[...] = N1
-        Nf[...] = Nf1
         Pp[...] = 0.5 * (Pp1 + Pp1.T)
-        Kp[...] = Kp1
-        Rp[...] = 0.5 * (Rp1 + Rp1.T)
         M[...] = M1
-        Mh[...] = Mh1
         Qp[...] = 0.5 * (Qp1 + Qp1.T)
-        Jp[...] = Jp1
-        Tp[...] = 0.5 * (Tp1 + Tp1.T)
     return _STATUS_OK, lrs.shape[0]
 
 
@@ -528,22 +513,21 @@ def simulate_reduced(config: SimConfig, *, task: Task | None = None,
     C0 = ratio * ov.P - ov.Q
     track = info["mode"] == "factors"
     momentum = float(config.momentum) != 0.0
-    args = (int(config.record_every), float(config.divergence_bound), loss, rec, bal, C0)
     if momentum:
         Nf, Mh = np.zeros((r, k)), np.zeros((k, r))
         Kp, Rp, Jp, Tp = (np.zeros((r, r)) for _ in range(4))
         TA = np.vstack([np.eye(r), np.zeros((r, r))])
         TB = np.hstack([np.eye(r), np.zeros((r, r))])
-        status, t = reduced_loop_momentum(s, ov.lam, float(config.weight_decay),
-                                          float(config.momentum), bool(config.nesterov),
-                                          ratio, lrs, N, Nf, Pp, Kp, Rp, M, Mh, Qp, Jp, Tp,
-                                          Sg, track, TA, TB, *args)
         buffers = {"Nf": Nf, "Mh": Mh, "Kp": Kp, "Rp": Rp, "Jp": Jp, "Tp": Tp}
     else:
+        Nf = Kp = Rp = Mh = Jp = Tp = np.zeros((0, 0))  # not read without momentum
         TA, TB = np.eye(r), np.eye(r)
-        status, t = reduced_loop_sgd(s, ov.lam, float(config.weight_decay), ratio, lrs, N,
-                                     Pp, M, Qp, Sg, track, TA, TB, *args)
         buffers = {}
+    status, t = reduced_loop(s, ov.lam, float(config.weight_decay), momentum,
+                             float(config.momentum), bool(config.nesterov), ratio, lrs, N, Nf,
+                             Pp, Kp, Rp, M, Mh, Qp, Jp, Tp, Sg, track, TA, TB,
+                             int(config.record_every), float(config.divergence_bound), loss,
+                             rec, bal, C0)
 
     diverged, diverged_step = status == _STATUS_DIVERGED, int(t) if status else -1
     final = float(_loss(s, ov.lam, N, Pp, M, Qp, Sg)[0])
