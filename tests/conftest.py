@@ -33,10 +33,10 @@ def pytest_sessionstart(session):
     """On a cold Numba cache (a fresh clone, as in CI), compile the kernels before the
     first test, split in two halves compiled side by side: the LoRA block kernel here;
     the reduced engine's, the sharpness kernels and full fine-tuning's block kernel in a
-    forked child that writes them to the on-disk cache (the figures' own warm-up, :func:`signaldrift.figures._warm_up`). One
-    process would compile them one after another as tests first call them, about a
-    minute and a half longer on 2 cores. With a warm cache this does nothing (each test
-    loads what it calls)."""
+    forked child that writes them to the on-disk cache (the figures' own warm-up,
+    :func:`signaldrift.figures._warm_up`). One process would compile them one after
+    another as tests first call them, about a minute and a half longer on 2 cores. With a
+    warm cache this does nothing (each test loads what it calls)."""
     from signaldrift._compile import kernels_cold
 
     if kernels_cold(("lora", "full", "sharpness")):

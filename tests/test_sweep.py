@@ -244,6 +244,27 @@ def test_corrupt_cache_entry_is_rerun(monkeypatch, tmp_path):
     assert len(counter.calls) == 2 and res[0].final_loss == fake_simulate(TINY).final_loss
 
 
+
+def test_unwritable_cache_entry_warns_keeps_the_result_and_no_temporary(monkeypatch,
+                                                                        tmp_path):
+    # A folder where the archive should go: it is unreadable as a cached run, and
+    # SimulationResult.save writes its temporary, then os.replace fails (IsADirectoryError).
+    # The sweep warns of both, still returns the run's
+    # result (fake_simulate's, the expected value), and no temporary file is left behind.
+    monkeypatch.setattr(signaldrift, "simulate", Counter())
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / f"{config_key(TINY)}.npz" / "blocker").mkdir(parents=True)
+    with pytest.warns(RuntimeWarning) as caught:  # reading the folder, then writing
+        res = run_configs([TINY], cache_dir=cache, progress=False)
+    said = [str(w.message) for w in caught]
+    assert any("unreadable" in m for m in said) and any("could not write" in m for m in said)
+    assert res[0].final_loss == fake_simulate(TINY).final_loss
+    assert [p.name for p in cache.iterdir()] == [f"{config_key(TINY)}.npz"]
+    with pytest.raises(OSError):  # and save itself raises, leaving nothing either
+        fake_simulate(TINY).save(cache / f"{config_key(TINY)}.npz")
+    assert [p.name for p in cache.iterdir()] == [f"{config_key(TINY)}.npz"]
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_failing_config_does_not_lose_the_others(monkeypatch, tmp_path, workers):
     monkeypatch.setattr(signaldrift, "simulate", Counter(fail_lr=2e-2))
